@@ -1,0 +1,69 @@
+"""Progress bars (items/s, ETA) and the end-of-stage summary that must reconcile."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int | None, desc: str, unit: str = "it") -> Iterator[T]:
+    """tqdm on stderr; GEO_SSL_PROGRESS=0 silences it (tests, logs)."""
+    disable = os.environ.get("GEO_SSL_PROGRESS", "1") == "0"
+    yield from tqdm(
+        items,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=disable,
+        mininterval=0.5,
+        smoothing=0.1,
+    )
+
+
+@dataclass
+class Summary:
+    """Counts of one stage run: inputs = written + rejected + skipped, always."""
+
+    stage: str
+    unit: str
+    inputs: int = 0
+    written: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.inputs == self.written + self.rejected + self.skipped
+
+    def line(self) -> str:
+        status = "ok" if self.reconciles else "MISMATCH"
+        text = (
+            f"{self.stage}: {self.inputs} {self.unit} in = {self.written} written + {self.rejected} rejected"
+            f" + {self.skipped} skipped [{status}]"
+        )
+        if self.reasons:
+            text += " | rejects: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items()))
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "unit": self.unit,
+            "inputs": self.inputs,
+            "written": self.written,
+            "rejected": self.rejected,
+            "skipped": self.skipped,
+            "reasons": dict(sorted(self.reasons.items())),
+            **self.extra,
+        }
