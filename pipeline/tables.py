@@ -19,7 +19,7 @@ _GEO_META = {
         "geometry": {
             "encoding": "WKB",
             "geometry_types": ["Point"],
-            "crs": None,  # None means OGC:CRS84 (lon, lat) in GeoParquet
+            # no "crs" key: GeoParquet then means OGC:CRS84 (lon, lat); an explicit null would mean "unknown"
         }
     },
 }
