@@ -50,6 +50,10 @@ def read_bytes(url: str) -> bytes:
         return f.read()
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_local_path(url: str) -> Iterator[str]:
     """Yield a local temp file path; on success it becomes `url`, on failure it is removed."""
@@ -63,6 +67,7 @@ def atomic_local_path(url: str) -> Iterator[str]:
     try:
         yield tmp
         if local:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask mode
             os.replace(tmp, path)
         else:
             fs.put_file(tmp, path)

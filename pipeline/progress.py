@@ -67,3 +67,17 @@ class Summary:
             "reasons": dict(sorted(self.reasons.items())),
             **self.extra,
         }
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 0) -> tqdm:
+    """A tqdm bar to drive by hand (update, set_postfix), with the same settings as progress()."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=os.environ.get("GEO_SSL_PROGRESS", "1") == "0",
+        mininterval=0.5,
+        smoothing=0.1,
+    )
