@@ -21,6 +21,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run_all --out bench-out
 
+ablation: $(STAMP)
+	$(BIN)/python -m tests.bench.ablation --out bench-out/ablation
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline training schemas tests
 	$(BIN)/ruff format --check pipeline training schemas tests

@@ -24,7 +24,11 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
     print(f"== 1/4 synth-fmow: {locations} locations in the fMoW-rgb layout -> {root}")
     print(synth_fmow(root, locations=locations, seed=seed).line())
     print(f"== 2/4 build: index, cluster (k={k}), write-shards -> {build_dir}")
-    build(BuildConfig(root=root, out=build_dir, k=k, seed=seed, shards=ShardOptions(seed=seed)))
+    build(
+        BuildConfig(
+            root=root, out=build_dir, k=k, seed=seed, shards=ShardOptions(seed=seed, shard_bytes="2MB")
+        )
+    )
     print("== 3/4 validate and report")
     rep = validate(build_dir)
     print(rep.line())
@@ -36,7 +40,7 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
         from training.demo import run_demo_training
 
         print("== 4/4 short pretraining (moco+geo+tp, resnet18, CPU) and evaluation")
-        results["training"] = run_demo_training(build_dir, fsio.join(out, "run"))
+        results["training"] = run_demo_training(build_dir, fsio.join(out, "run"), epochs=6)
     print(f"\nDone in {time.time() - t0:.0f} s.")
     print(f"  shards:   {build_dir}/train-*.tar, {build_dir}/val-*.tar (manifest.parquet, dataset.json)")
     print(f"  index:    {build_dir}/index/ (images.parquet is GeoParquet; rejects.parquet, clusters.parquet)")
