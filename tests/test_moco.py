@@ -202,6 +202,6 @@ def test_nt_xent_hand_computation_and_simclr_step():
     views = torch.randn(4, 3, 3, 16, 16)
     loss, _ = model(views)
     loss.backward()
-    assert math.isfinite(float(loss)) and model.encoder.conv1.weight.grad is not None
+    assert math.isfinite(loss.item()) and model.encoder.conv1.weight.grad is not None
     with pytest.raises(ValueError, match="N>=2"):
         model(torch.randn(4, 1, 3, 16, 16))
