@@ -56,12 +56,7 @@ def check_sample(
     """
     if not isinstance(meta, dict):
         return ["json is not an object"]
-    problems = [f"json lacks {k!r}" for k in SAMPLE_KEYS if k not in meta]
-    problems += [
-        f"json {k!r} has type {type(meta[k]).__name__}"
-        for k, types in SAMPLE_KEYS.items()
-        if k in meta and not _type_ok(meta[k], types)
-    ]
+    problems = _missing_or_mistyped(meta, SAMPLE_KEYS, "json")
     if problems:
         return problems
     if meta["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
@@ -98,15 +93,21 @@ def check_sample(
     return problems
 
 
+def _missing_or_mistyped(obj: dict, spec: dict, label: str) -> list[str]:
+    """Required keys absent from `obj`, then present keys of the wrong type, as problem lines."""
+    problems = [f"{label} lacks {k!r}" for k in spec if k not in obj]
+    problems += [
+        f"{label} {k!r} has type {type(obj[k]).__name__}"
+        for k, types in spec.items()
+        if k in obj and not _type_ok(obj[k], types)
+    ]
+    return problems
+
+
 def _check_view(i: int, view: object) -> list[str]:
     if not isinstance(view, dict):
         return [f"view {i} is not an object"]
-    problems = [f"view {i} lacks {k!r}" for k in VIEW_KEYS if k not in view]
-    problems += [
-        f"view {i} {k!r} has type {type(view[k]).__name__}"
-        for k, types in VIEW_KEYS.items()
-        if k in view and not _type_ok(view[k], types)
-    ]
+    problems = _missing_or_mistyped(view, VIEW_KEYS, f"view {i}")
     if problems:
         return problems
     for k, n in _LENGTHS.items():
