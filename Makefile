@@ -1,4 +1,5 @@
-# Every target creates .venv when it is missing; torch/torchvision are pinned in pyproject.toml.
+# Every target creates .venv when it is missing. pyproject.toml asks only lower bounds; constraints.txt
+# pins the exact versions the tests and benchmarks run with.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,14 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint ablation clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --out demo-out
+	$(BIN)/python -m geo_ssl.pipeline.demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,3 +1,8 @@
-"""Build stages of geo-ssl: synthesise or index fMoW, cluster coordinates, write WebDataset shards."""
+"""Build stages of geo-ssl: synthesise or index a data source, cluster coordinates, write WebDataset shards."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("geo-ssl")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

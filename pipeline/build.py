@@ -10,9 +10,9 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 
-from pipeline import fsio
-from pipeline.errors import GeoSSLError
-from pipeline.options import ShardOptions
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.shards.options import ShardOptions
 
 _TOP_KEYS = {"root", "out", "k", "seed", "kind", "index_workers", "shards"}
 
@@ -92,9 +92,9 @@ def _clusters_complete(index_dir: str, k: int, seed: int) -> bool:
 
 def build(config: BuildConfig) -> dict:
     """Run stages 4 to 6 and return their summaries; prints one reconciling line per stage."""
-    from pipeline.cluster import cluster
-    from pipeline.index_fmow import index_fmow
-    from pipeline.write_shards import write_shards
+    from geo_ssl.pipeline.cluster import cluster
+    from geo_ssl.pipeline.fmow.index import index_fmow
+    from geo_ssl.pipeline.shards.write import write_shards
 
     results: dict = {}
     if _index_complete(config.index_dir):

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import GeoSSLError
+from geo_ssl.pipeline import __version__
+from geo_ssl.pipeline.common.errors import GeoSSLError
 
 
 def _add_shard_flags(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="geo-build-dataset",
         description="Turn fMoW-rgb into clustered WebDataset shards of temporal tuples for geo-aware SSL.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth-fmow", help="write a small synthetic data set in the exact fMoW-rgb layout")
@@ -104,7 +106,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command
     if cmd == "synth-fmow":
-        from pipeline.synth_fmow import synth_fmow
+        from geo_ssl.pipeline.fmow.synth import synth_fmow
 
         summary = synth_fmow(
             args.out, locations=args.locations, seed=args.seed, val_fraction=args.val_fraction,
@@ -112,39 +114,39 @@ def run(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print(summary.line())
     elif cmd == "index-fmow":
-        from pipeline.index_fmow import index_fmow
+        from geo_ssl.pipeline.fmow.index import index_fmow
 
         summary = index_fmow(args.root, args.out, workers=args.workers, kind=args.kind)
         print(summary.line())
     elif cmd == "cluster":
-        from pipeline.cluster import cluster
+        from geo_ssl.pipeline.cluster import cluster
 
         stats = cluster(args.index, k=args.k, seed=args.seed, out=args.out,
                         minibatch_threshold=args.minibatch_threshold)  # fmt: skip
         print(stats["line"])
     elif cmd == "write-shards":
-        from pipeline.options import ShardOptions
-        from pipeline.write_shards import write_shards
+        from geo_ssl.pipeline.shards.options import ShardOptions
+        from geo_ssl.pipeline.shards.write import write_shards
 
         summary = write_shards(
             args.index, args.out, clusters=args.clusters, options=ShardOptions(**_shard_kwargs(args))
         )
         print(summary.line())
     elif cmd == "build":
-        from pipeline.build import build, load_build_config
+        from geo_ssl.pipeline.build import build, load_build_config
 
         config = load_build_config(
             args.config, root=args.root, out=args.out, k=args.k, shard=_shard_kwargs(args)
         )
         build(config)
     elif cmd == "validate":
-        from pipeline.validate import validate
+        from geo_ssl.pipeline.shards.validate import validate
 
         report = validate(args.out, workers=args.workers)
         print(report.line())
         return 0 if report.ok else 1
     elif cmd == "report":
-        from pipeline.report import report
+        from geo_ssl.pipeline.report import report
 
         for path in report(args.out, index=args.index, plots=args.plots):
             print(path)

@@ -16,9 +16,10 @@ import pyarrow as pa
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
-from pipeline import fsio, geo, tables
-from pipeline.errors import GeoSSLError
-from pipeline.progress import Summary
+from geo_ssl.pipeline.common import fsio, tables
+from geo_ssl.pipeline.common import sphere as geo
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.progress import Summary
 
 #: Restarts of full K-means; fixed so a seed names exactly one result.
 KMEANS_N_INIT = 4

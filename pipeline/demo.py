@@ -6,17 +6,17 @@ import argparse
 import sys
 import time
 
-from pipeline import fsio
-from pipeline.build import BuildConfig, build
-from pipeline.errors import GeoSSLError
-from pipeline.options import ShardOptions
+from geo_ssl.pipeline.build import BuildConfig, build
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.shards.options import ShardOptions
 
 
 def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: bool = True) -> dict:
     """synth-fmow -> build -> validate -> report (-> short pretraining and evaluation)."""
-    from pipeline.report import report
-    from pipeline.synth_fmow import synth_fmow
-    from pipeline.validate import validate
+    from geo_ssl.pipeline.fmow.synth import synth_fmow
+    from geo_ssl.pipeline.report import report
+    from geo_ssl.pipeline.shards.validate import validate
 
     t0 = time.time()
     root = fsio.join(out, "fmow-synth")
@@ -37,7 +37,7 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
     plots = report(build_dir)
     results: dict = {"build": build_dir, "plots": plots}
     if train:
-        from training.demo import run_demo_training
+        from geo_ssl.training.demo import run_demo_training
 
         print("== 4/4 short pretraining (moco+geo+tp, resnet18, CPU) and evaluation")
         results["training"] = run_demo_training(build_dir, fsio.join(out, "run"), epochs=6)

@@ -13,9 +13,9 @@ import pyarrow as pa
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from pipeline import fsio, tables
-from pipeline.errors import GeoSSLError
-from pipeline.fmow_layout import CATEGORIES, SPLITS
+from geo_ssl.pipeline.common import fsio, tables
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.fmow.layout import CATEGORIES, SPLITS
 
 #: Which stage writes each input, for the "file not found" message.
 _MADE_BY = {"locations.parquet": "index-fmow", "clusters.parquet": "cluster", "centroids.parquet": "cluster"}

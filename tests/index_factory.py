@@ -1,7 +1,7 @@
 """Tiny image indexes for write-shards tests: real JPEG files plus images/locations/clusters Parquet.
 
 Independent of index-fmow and cluster on purpose, so the shard writer is tested against the table
-contracts in `schemas` alone. View ids are numbered against time order, so tests see views get sorted.
+contracts in `geo_ssl.schemas` alone. View ids are numbered against time order, so tests see views get sorted.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pyarrow as pa
 import shapely
 from PIL import Image
 
-from pipeline.fmow_layout import CATEGORY_INDEX, location_key, relative_image_path
-from pipeline.tables import write_table
+from geo_ssl.pipeline.common.tables import write_table
+from geo_ssl.pipeline.fmow.layout import CATEGORY_INDEX, location_key, relative_image_path
 
 CATEGORIES = ("airport", "dam", "port", "zoo")
 

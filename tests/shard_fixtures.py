@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.fmow_layout import CATEGORIES, location_key
-from pipeline.tables import write_table
-from schemas import SCHEMA_VERSION
+from geo_ssl.pipeline.common.tables import write_table
+from geo_ssl.pipeline.fmow.layout import CATEGORIES, location_key
+from geo_ssl.schemas import SCHEMA_VERSION
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -211,7 +211,7 @@ def make_tiny_shards(
         paths.append(path)
     manifest = os.path.join(folder, "manifest.parquet")
     if os.path.exists(manifest):  # several splits in one folder: keep the other splits' rows
-        from pipeline.tables import read_table
+        from geo_ssl.pipeline.common.tables import read_table
 
         old = read_table(manifest, "shard_manifest").to_pylist()
         rows = [r for r in old if r["split"] != split] + rows

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from pipeline import fsio
-from training.backbone import FeatureExtractor
-from training.checkpoint import LAST, load_checkpoint
-from training.config import PretrainConfig
-from training.export import export_backbone, load_backbone
-from training.knn import Features, extract_features, knn_top1, normalized
-from training.linear_probe import assert_unchanged, snapshot, train_linear
-from training.pretrain import pretrain
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.training.evaluation.export import export_backbone, load_backbone
+from geo_ssl.training.evaluation.knn import Features, extract_features, knn_top1, normalized
+from geo_ssl.training.evaluation.linear_probe import assert_unchanged, snapshot, train_linear
+from geo_ssl.training.models.backbone import FeatureExtractor
+from geo_ssl.training.trainer.checkpoint import LAST, load_checkpoint
+from geo_ssl.training.trainer.config import PretrainConfig
+from geo_ssl.training.trainer.loop import pretrain
 
 
 def demo_config(shards_dir: str, out_dir: str, epochs: int = 12, num_workers: int = 2) -> PretrainConfig:
@@ -36,7 +36,7 @@ def evaluate_backbone(
     weights: str, shards_dir: str, image_size: int, num_workers: int, arch: str | None = None
 ) -> dict:
     """kNN (k=20 on this small bank) and a 30-epoch linear probe on the same features, train -> val."""
-    from training.loader import eval_loader
+    from geo_ssl.training.data.loader import eval_loader
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resnet, _ = load_backbone(weights, arch=arch)

@@ -18,18 +18,18 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import fsio
-from pipeline.cluster import cluster
-from pipeline.index_fmow import index_fmow
-from pipeline.options import ShardOptions
-from pipeline.synth_fmow import synth_fmow
-from pipeline.write_shards import write_shards
-from training.checkpoint import LAST, load_checkpoint
-from training.config import PretrainConfig
-from training.demo import evaluate_backbone
-from training.export import export_backbone
-from training.pretrain import pretrain
-from training.run_log import read_metrics
+from geo_ssl.pipeline.cluster import cluster
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.fmow.index import index_fmow
+from geo_ssl.pipeline.fmow.synth import synth_fmow
+from geo_ssl.pipeline.shards.options import ShardOptions
+from geo_ssl.pipeline.shards.write import write_shards
+from geo_ssl.training.demo import evaluate_backbone
+from geo_ssl.training.evaluation.export import export_backbone
+from geo_ssl.training.trainer.checkpoint import LAST, load_checkpoint
+from geo_ssl.training.trainer.config import PretrainConfig
+from geo_ssl.training.trainer.loop import pretrain
+from geo_ssl.training.trainer.run_log import read_metrics
 
 METHODS = ("moco", "moco+tp", "moco+geo", "moco+geo+tp")
 

@@ -52,11 +52,11 @@ def build_data(data: Path, locations: int) -> tuple[Path, Path]:
     shards, index = data / "shards", data / "index"
     if (shards / "manifest.parquet").exists() and (index / "images.parquet").exists():
         return shards, index
-    from pipeline.cluster import cluster
-    from pipeline.index_fmow import index_fmow
-    from pipeline.options import ShardOptions
-    from pipeline.synth_fmow import synth_fmow
-    from pipeline.write_shards import write_shards
+    from geo_ssl.pipeline.cluster import cluster
+    from geo_ssl.pipeline.fmow.index import index_fmow
+    from geo_ssl.pipeline.fmow.synth import synth_fmow
+    from geo_ssl.pipeline.shards.options import ShardOptions
+    from geo_ssl.pipeline.shards.write import write_shards
 
     workers = min(2, os.cpu_count() or 1)
     t = time.perf_counter()
@@ -75,7 +75,7 @@ def build_data(data: Path, locations: int) -> tuple[Path, Path]:
 
 def measure_loader(shards: Path, augment: bool, num_workers: int, batches: int, batch_size: int) -> dict:
     """Pairs per wall second and per CPU second (main + worker processes)."""
-    from training.loader import LoaderConfig, pretrain_loader
+    from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
 
     cfg = LoaderConfig(
         urls=str(shards),
@@ -118,8 +118,8 @@ def gassl_baseline(index: Path, pairs: int, seed: int = 0) -> dict:
     from PIL import Image
     from torchvision import transforms as T
 
-    from pipeline.tables import read_table
-    from training.augment import torchvision_mocov2
+    from geo_ssl.pipeline.common.tables import read_table
+    from geo_ssl.training.data.augment import torchvision_mocov2
 
     Image.MAX_IMAGE_PIXELS = None
     rows = read_table(
@@ -203,7 +203,7 @@ def _tree_pss() -> int:
 def rss_over_epoch(
     shards: Path, batches: int, batch_size: int, num_workers: int, shuffle_buffer: int
 ) -> dict:
-    from training.loader import LoaderConfig, pretrain_loader
+    from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
 
     cfg = LoaderConfig(
         urls=str(shards),

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
+from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
+from geo_ssl.training.models.methods import build_model
+from geo_ssl.training.trainer.config import PretrainConfig, resolved_bn_splits
+from geo_ssl.training.trainer.loop import pretrain
+from geo_ssl.training.trainer.run_log import read_metrics
 from tests.shard_fixtures import make_tiny_shards
-from training.config import PretrainConfig, resolved_bn_splits
-from training.loader import LoaderConfig, pretrain_loader
-from training.methods import build_model
-from training.pretrain import pretrain
-from training.run_log import read_metrics
 
 
 def _rss_mb() -> tuple[float, float]:

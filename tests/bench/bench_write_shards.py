@@ -130,7 +130,7 @@ def measure(cmd: list[str]) -> dict:
 
 def write_shards_cmd(index: Path, out: Path, workers: int, shard_bytes: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipeline.cli", "write-shards", "--index", str(index), "--out", str(out),
+        sys.executable, "-m", "geo_ssl.pipeline.cli", "write-shards", "--index", str(index), "--out", str(out),
         "--workers", str(workers), "--shard-bytes", shard_bytes, *extra,
     ]  # fmt: skip
 
@@ -153,9 +153,9 @@ def shard_stats(out: Path) -> dict:
 
 def make_data(root: Path, locations: int, realistic: bool, workers: int) -> Path:
     """synth-fmow -> index-fmow -> cluster; resumable, so a second bench run reuses the data."""
-    from pipeline.cluster import cluster
-    from pipeline.index_fmow import index_fmow
-    from pipeline.synth_fmow import synth_fmow
+    from geo_ssl.pipeline.cluster import cluster
+    from geo_ssl.pipeline.fmow.index import index_fmow
+    from geo_ssl.pipeline.fmow.synth import synth_fmow
 
     index = root / "index"
     if not (index / "clusters.parquet").exists():
@@ -172,8 +172,8 @@ def replicate(index: Path, out: Path, locations: int) -> Path:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.fmow_layout import location_key
-    from pipeline.tables import read_table, write_table
+    from geo_ssl.pipeline.common.tables import read_table, write_table
+    from geo_ssl.pipeline.fmow.layout import location_key
 
     if (out / "clusters.parquet").exists():
         return out

@@ -1,0 +1,1 @@
+"""Shard machinery shared by every data source: plan, write, manifest and card, sample format, validate."""

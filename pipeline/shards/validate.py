@@ -1,0 +1,248 @@
+"""`geo-build-dataset validate OUT`: re-read every shard of a build and report what does not hold.
+
+Each listed shard is read once, start to end: its size and sha256 are compared with the manifest, every
+JPEG is decoded, every json is checked against the sample format, and counts and first/last keys are
+compared with the manifest. Keys must be unique across shards, and tar files on disk that the
+manifest does not list are reported too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.progress import progress
+from geo_ssl.pipeline.common.tables import read_table
+from geo_ssl.pipeline.shards.manifest import DATASET_CARD, MANIFEST
+from geo_ssl.pipeline.shards.sample_format import check_sample
+
+_SHOWN = 5  # problems printed on the summary line
+
+
+@dataclass
+class ShardCheck:
+    shard: str
+    problems: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    samples: int = 0
+    views: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class ValidationReport:
+    out: str
+    shards: int = 0
+    samples: int = 0
+    views: int = 0
+    bytes: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (shard or file, what is wrong)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def by_shard(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for where, what in self.problems:
+            out.setdefault(where, []).append(what)
+        return out
+
+    def line(self) -> str:
+        text = f"validate {self.out}: {self.shards} shards, {self.samples} samples, {self.views} views, {self.bytes} bytes"
+        if self.ok:
+            return text + " [ok]"
+        shown = "; ".join(f"{where}: {what}" for where, what in self.problems[:_SHOWN])
+        more = f" (and {len(self.problems) - _SHOWN} more)" if len(self.problems) > _SHOWN else ""
+        return f"{text} [{len(self.problems)} problem(s)] {shown}{more}"
+
+    def as_dict(self) -> dict:
+        return {
+            "out": self.out, "ok": self.ok, "shards": self.shards, "samples": self.samples,
+            "views": self.views, "bytes": self.bytes, "problems": self.by_shard(),
+        }  # fmt: skip
+
+
+class _HashingReader:
+    """Read-through file object that hashes and counts what is read."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    base = posixpath.basename(name)
+    key, _, ext = base.partition(".")
+    return posixpath.join(posixpath.dirname(name), key), ext
+
+
+def _check_sample(key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
+    """Problems of one sample and its number of views."""
+    problems, sizes = [], {}
+    for name, data in members.items():
+        if name.endswith(".jpg"):
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+                    sizes[name] = list(im.size)
+            except Exception as exc:  # any decoder failure is a finding, not a crash
+                problems.append(f"{key}.{name} does not decode ({type(exc).__name__}: {exc})")
+    if "json" not in members:
+        return [*problems, f"{key} has no json member"], len(sizes)
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as exc:
+        return [*problems, f"{key}.json is not valid JSON ({exc})"], len(sizes)
+    problems += [f"{key}: {p}" for p in check_sample(meta, members.keys(), members.get("cls"))]
+    if isinstance(meta, dict) and meta.get("key") != key:
+        problems.append(f"{key}: json key {meta.get('key')!r} differs from the member key")
+    for view in meta.get("views", []) if isinstance(meta, dict) else []:
+        name = view.get("field") if isinstance(view, dict) else None
+        if name in sizes and view.get("size") != sizes[name]:
+            problems.append(f"{key}.{name} is {sizes[name]} px but json says {view.get('size')}")
+    return problems, len(sizes)
+
+
+def check_shard(out: str, row: dict) -> ShardCheck:
+    """Read one shard fully and compare it with its manifest row."""
+    name = row["shard"]
+    check = ShardCheck(name)
+    fs, path = fsio.get_fs(fsio.join(out, name))
+    if not fs.exists(path):
+        check.problems.append("listed in the manifest but missing")
+        return check
+    seen: set[str] = set()
+    current, members = None, {}
+
+    def finish() -> None:
+        if current is None:
+            return
+        problems, n_views = _check_sample(current, members)
+        check.problems.extend(problems)
+        check.keys.append(current)
+        check.samples += 1
+        check.views += n_views
+
+    with fs.open(path, "rb") as f:
+        reader = _HashingReader(f)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        check.problems.append(f"member {info.name} is not a regular file")
+                        continue
+                    key, ext = _split_name(info.name)
+                    if key != current:
+                        finish()
+                        if key in seen:
+                            check.problems.append(f"{key}: members are not contiguous or the key repeats")
+                        seen.add(key)
+                        current, members = key, {}
+                    if ext in members:
+                        check.problems.append(f"{key}: duplicate member {ext}")
+                    members[ext] = tar.extractfile(info).read()
+                finish()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            check.problems.append(f"not a readable tar ({type(exc).__name__}: {exc})")
+        reader.drain()
+    check.bytes = reader.size
+    if reader.size != row["bytes"]:
+        check.problems.append(f"size {reader.size} differs from the manifest's {row['bytes']}")
+    if reader.sha256.hexdigest() != row["sha256"]:
+        check.problems.append("sha256 differs from the manifest")
+    for what, have in (("samples", check.samples), ("views", check.views)):
+        if have != row[what]:
+            check.problems.append(f"{have} {what}, manifest says {row[what]}")
+    first, last = (check.keys[0], check.keys[-1]) if check.keys else (None, None)
+    if (first, last) != (row["first_key"], row["last_key"]):
+        check.problems.append(
+            f"first/last key {first}/{last}, manifest says {row['first_key']}/{row['last_key']}"
+        )
+    return check
+
+
+def _check_all(out: str, rows: list[dict], workers: int) -> Iterator[ShardCheck]:
+    if workers <= 1 or len(rows) <= 1:
+        yield from (check_shard(out, r) for r in rows)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(rows)), mp_context=ctx) as pool:
+        yield from pool.map(check_shard, [out] * len(rows), rows)
+
+
+def validate(out: str, workers: int | None = None) -> ValidationReport:
+    """Check every shard of OUT (a shard folder or a build folder) against its manifest."""
+    manifest_url = fsio.join(out, MANIFEST)
+    if not fsio.exists(manifest_url):
+        raise GeoSSLError(
+            f"{manifest_url}: no shard manifest here (run write-shards or build into {out} first)"
+        )
+    rows = sorted(read_table(manifest_url, "shard_manifest").to_pylist(), key=lambda r: r["shard"])
+    report = ValidationReport(out=out, shards=len(rows))
+    owner: dict[str, str] = {}
+    workers = workers or os.cpu_count() or 1
+    for check in progress(_check_all(out, rows, workers), total=len(rows), desc="validate", unit="shard"):
+        report.samples += check.samples
+        report.views += check.views
+        report.bytes += check.bytes
+        report.problems += [(check.shard, p) for p in check.problems]
+        for key in check.keys:
+            if key in owner and owner[key] != check.shard:
+                report.problems.append((check.shard, f"{key} is also in {owner[key]}"))
+            owner.setdefault(key, check.shard)
+    report.problems += _unlisted(out, {r["shard"] for r in rows})
+    report.problems += _card_mismatch(out, rows)
+    return report
+
+
+def _unlisted(out: str, listed: set[str]) -> list[tuple[str, str]]:
+    fs, path = fsio.get_fs(out)
+    found = sorted(posixpath.basename(p) for p in fs.ls(path, detail=False) if p.endswith(".tar"))
+    return [(name, "tar file on disk is not in the manifest") for name in found if name not in listed]
+
+
+def _card_mismatch(out: str, rows: list[dict]) -> list[tuple[str, str]]:
+    """The dataset card's per-split counts must agree with the manifest."""
+    url = fsio.join(out, DATASET_CARD)
+    if not fsio.exists(url):
+        return [(DATASET_CARD, "missing")]
+    try:
+        splits = json.loads(fsio.read_bytes(url))["splits"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [(DATASET_CARD, f"unreadable ({exc})")]
+    problems = []
+    for split in sorted({r["split"] for r in rows} | set(splits)):
+        mine = [r for r in rows if r["split"] == split]
+        have = {
+            "shards": len(mine),
+            "samples": sum(r["samples"] for r in mine),
+            "views": sum(r["views"] for r in mine),
+        }
+        card = {k: splits.get(split, {}).get(k, 0) for k in have}
+        if have != card:
+            problems.append((DATASET_CARD, f"{split}: manifest has {have}, card says {card}"))
+    return problems

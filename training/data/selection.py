@@ -1,0 +1,98 @@
+"""One sample's json to the views a loader uses: parse, choose (temporal or not), keep their encoded bytes,
+then decode and crop only those."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from geo_ssl.training.data.augment import ViewParams, spatial
+from geo_ssl.training.data.decode import decode_crops, jpeg_size
+
+
+def seed_of(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class Picked:
+    """A sample after view selection: only the chosen views' JPEG bytes, nothing decoded."""
+
+    key: str
+    url: str
+    geo: int
+    category: int
+    fields: tuple[str, ...]  # chosen view members, one per output view (may repeat)
+    data: dict[str, bytes]
+
+
+def read_meta(sample: dict) -> tuple[dict, list[str], int, int]:
+    try:
+        meta = json.loads(sample["json"])
+        fields = [str(v["field"]) for v in meta["views"]]
+        category = int(meta["category_index"])
+        cluster = int(meta["cluster"])
+    except KeyError as exc:
+        raise ValueError(f"member or json field {exc} missing") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad json ({exc})") from exc
+    if not fields:
+        raise ValueError("json lists no views")
+    try:
+        geo = int(sample["cls"])
+    except KeyError:
+        raise ValueError("cls member missing") from None
+    except ValueError:
+        raise ValueError(f"cls is not an integer: {sample['cls'][:20]!r}") from None
+    if geo != cluster:
+        raise ValueError(f"cls {geo} disagrees with json cluster {cluster}")
+    return meta, fields, geo, category
+
+
+def choose_views(rng: random.Random, n_stored: int, n_views: int, temporal: bool) -> list[int]:
+    """Indices of the stored views to use, one per output view.
+
+    temporal: distinct views (timestamps) drawn uniformly while there are enough, then uniform repeats;
+    for n_views=2 that is GASSL's rule (key = another timestamp, the anchor itself if it is alone).
+    Otherwise one random view, used n_views times.
+    """
+    if not temporal or n_stored == 1:
+        return [rng.randrange(n_stored)] * n_views
+    if n_views <= n_stored:
+        return rng.sample(range(n_stored), n_views)
+    picked = rng.sample(range(n_stored), n_stored)
+    return picked + [rng.randrange(n_stored) for _ in range(n_views - n_stored)]
+
+
+def pick_views(sample: dict, fields_of: Callable[[list[str]], tuple[str, ...]]) -> Picked:
+    _, fields, geo, category = read_meta(sample)
+    chosen = fields_of(fields)
+    data = {}
+    for f in set(chosen):
+        if f not in sample:
+            raise ValueError(f"view member {f} listed in json is missing")
+        data[f] = sample[f]
+    return Picked(sample["__key__"], sample.get("__url__", "?"), geo, category, chosen, data)
+
+
+def render_views(
+    picked: Picked, size: int, params_for: Callable[[int, int], ViewParams]
+) -> tuple[list, list]:
+    """Decode each distinct chosen view once and return its crops (uint8, flipped/blurred) and params."""
+    sizes = {f: jpeg_size(b) for f, b in picked.data.items()}
+    params = [params_for(*sizes[f]) for f in picked.fields]
+    crops: list[torch.Tensor | None] = [None] * len(picked.fields)
+    for f in picked.data:
+        idx = [i for i, g in enumerate(picked.fields) if g == f]
+        w, h = sizes[f]
+        for i, crop in zip(
+            idx, decode_crops(picked.data[f], [params[i].box for i in idx], size, w, h), strict=True
+        ):
+            crops[i] = spatial(crop, params[i])
+    return crops, params

@@ -1,0 +1,1 @@
+"""Frozen-feature evaluation (kNN, linear probe) and backbone export."""

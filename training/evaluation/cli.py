@@ -1,0 +1,138 @@
+"""`geo-eval`: frozen evaluation of a pretrained backbone on the shards' category labels.
+
+    geo-eval linear-probe --weights RUN/checkpoint-last.pt --data SHARDS [--epochs 100 --lr 1 ...]
+    geo-eval knn --weights backbone.pth --data SHARDS [--k 200 --t 0.1]
+
+--weights takes a geo-pretrain checkpoint, an exported backbone, an official MoCo / GASSL checkpoint,
+or `random` (with --arch) for the random-init baseline. Both print top-1 and write a JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from geo_ssl.pipeline import __version__
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.training.evaluation.export import load_backbone
+from geo_ssl.training.evaluation.knn import extract_features, knn_top1
+from geo_ssl.training.evaluation.linear_probe import linear_probe
+from geo_ssl.training.models.backbone import ARCHS, FeatureExtractor
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights", required=True, help="checkpoint, exported backbone, MoCo/GASSL .pth.tar, or 'random'"
+    )
+    p.add_argument("--arch", choices=tuple(ARCHS), default=None, help="default: inferred from the weights")
+    p.add_argument("--data", required=True, help="shard folder (or pattern) holding the evaluation splits")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--all-views", action=argparse.BooleanOptionalAction, default=True,
+                   help="every view of a location is an image (default); --no-all-views: one per location")  # fmt: skip
+    p.add_argument("--out", default=None, help="JSON result file (default: print only)")
+    p.add_argument("--trust", action="store_true", help="load with weights_only=False (only files you trust)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geo-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "linear-probe", help="train a linear classifier on frozen features (MoCo/GASSL protocol)"
+    )
+    _common(p)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1.0,
+                   help="base lr for a batch of 256, scaled by --batch-size/256 (default 1.0, GASSL; MoCo used 30)")  # fmt: skip
+    p.add_argument("--probe-batch-size", type=int, default=256, help="batch of the linear classifier")
+    p.add_argument(
+        "--schedule", choices=("step", "cosine"), default="step", help="x0.1 at 60%%/80%%, or cosine"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-train", type=int, default=0, help="cap on training images (0 = all)")
+    p.add_argument("--max-val", type=int, default=0, help="cap on validation images (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("knn", help="weighted kNN (cosine) with the bank split's labels")
+    _common(p)
+    p.add_argument("--bank-split", default="train")
+    p.add_argument("--query-split", default="val")
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--t", type=float, default=0.1)
+    p.add_argument("--max-bank", type=int, default=0, help="cap on bank images (0 = all)")
+    p.add_argument("--max-query", type=int, default=0, help="cap on query images (0 = all)")
+    return parser
+
+
+def _loader(args: argparse.Namespace, split: str):
+    from geo_ssl.training.data.loader import eval_loader
+
+    return eval_loader(
+        args.data, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
+        split=split, all_views=args.all_views,
+    )  # fmt: skip
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen evaluation; returns the JSON-able result."""
+    if args.batch_size <= 0 or args.image_size < 32:
+        raise GeoSSLError("--batch-size must be > 0 and --image-size >= 32")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resnet, meta = load_backbone(args.weights, arch=args.arch, trusted=args.trust)
+    extractor = FeatureExtractor(resnet).to(device)
+    t0 = time.time()
+    if args.command == "linear-probe":
+        if args.epochs <= 0 or args.lr <= 0:
+            raise GeoSSLError("--epochs and --lr must be > 0")
+        lr = args.lr * args.probe_batch_size / 256
+        result = linear_probe(
+            extractor, _loader(args, args.train_split), _loader(args, args.val_split), device,
+            max_train=args.max_train, max_val=args.max_val, epochs=args.epochs, lr=lr,
+            batch_size=args.probe_batch_size, schedule=args.schedule, weight_decay=args.weight_decay,
+            seed=args.seed,
+        )  # fmt: skip
+        result.update(lr=lr, epochs=args.epochs, schedule=args.schedule, train_split=args.train_split,
+                      val_split=args.val_split)  # fmt: skip
+    else:
+        bank = extract_features(extractor, _loader(args, args.bank_split), device, max_samples=args.max_bank,
+                                desc="bank features")  # fmt: skip
+        query = extract_features(extractor, _loader(args, args.query_split), device, max_samples=args.max_query,
+                                 desc="query features")  # fmt: skip
+        if len(bank.labels) == 0 or len(query.labels) == 0:
+            raise GeoSSLError(f"{args.data}: split {args.bank_split!r} or {args.query_split!r} has no images")
+        result = knn_top1(bank, query, k=args.k, T=args.t)
+        result.update(bank_split=args.bank_split, query_split=args.query_split)
+    result.update(
+        eval=args.command, weights=args.weights, data=args.data, image_size=args.image_size,
+        seconds=round(time.time() - t0, 2), backbone=meta,
+    )  # fmt: skip
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args)
+        if args.out:
+            fsio.atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
+    except (GeoSSLError, ValueError) as exc:
+        print(f"geo-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    where = f" -> {args.out}" if args.out else ""
+    print(
+        f"{args.command} top-1: {result['top1']:.2f}% ({result.get('n_val', result.get('query'))} images){where}"
+    )
+
+
+if __name__ == "__main__":
+    main()

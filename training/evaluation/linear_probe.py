@@ -1,0 +1,105 @@
+"""Frozen-backbone linear evaluation, the MoCo / GASSL protocol on precomputed features.
+
+The backbone stays in eval mode and is never optimised (MoCo's main_lincls reasoning: BN in train mode
+would revise the running statistics, so part of the pretrained model would change). A frozen eval-mode
+backbone is a fixed function, so its features are computed once per image (eval transform, no
+augmentation) and only fc = Linear(D, classes) is trained: SGD momentum 0.9, weight decay 0, fc init
+N(0, 0.01) and bias 0, cosine or step (x0.1 at 60% and 80%) schedule. Afterwards every backbone tensor
+is compared with the snapshot taken before, as MoCo's sanity_check does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geo_ssl.pipeline.common.progress import progress
+from geo_ssl.training.evaluation.knn import Features, extract_features
+from geo_ssl.training.trainer.schedule import LrFactor
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Raise if any parameter or buffer of the frozen backbone moved."""
+    for name, value in model.state_dict().items():
+        if not torch.equal(value, before[name]):
+            raise RuntimeError(f"frozen backbone tensor {name} changed during linear evaluation")
+
+
+def train_linear(
+    train: Features,
+    val: Features,
+    n_classes: int,
+    epochs: int = 100,
+    lr: float = 1.0,
+    batch_size: int = 256,
+    schedule: str = "step",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train fc on fixed features; top-1 / top-5 (%) on `val` after the last epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    fc = nn.Linear(train.feats.shape[1], n_classes)
+    with torch.no_grad():
+        fc.weight.normal_(0.0, 0.01, generator=gen)
+        fc.bias.zero_()
+    opt = torch.optim.SGD(fc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch = max(1, -(-len(train.labels) // batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(schedule, epochs * steps_per_epoch))
+    history = []
+    for _ in progress(range(epochs), total=epochs, desc="linear probe", unit="epoch"):
+        order = torch.randperm(len(train.labels), generator=gen)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(fc(train.feats[idx]), train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(total / max(1, len(order)))
+    with torch.no_grad():
+        logits = fc(val.feats)
+        top5 = logits.topk(min(5, n_classes), dim=1).indices
+        acc1 = (top5[:, 0] == val.labels).float().mean().item() * 100
+        acc5 = (top5 == val.labels[:, None]).any(1).float().mean().item() * 100
+    return {"top1": acc1, "top5": acc5, "train_loss_first": history[0], "train_loss_last": history[-1]}
+
+
+def linear_probe(
+    backbone: nn.Module,
+    train_batches: Iterable,
+    val_batches: Iterable,
+    device: torch.device,
+    max_train: int = 0,
+    max_val: int = 0,
+    **train_kwargs: Any,
+) -> dict[str, Any]:
+    """Features of `backbone` (a FeatureExtractor) on both splits, then `train_linear`; checks the freeze."""
+    before = snapshot(backbone)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    train = extract_features(
+        backbone, train_batches, device, max_samples=max_train, normalize=False, desc="train features"
+    )
+    val = extract_features(
+        backbone, val_batches, device, max_samples=max_val, normalize=False, desc="val features"
+    )
+    if len(train.labels) == 0 or len(val.labels) == 0:
+        raise ValueError("linear probe needs labelled images in both splits")
+    n_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    result = train_linear(train, val, n_classes, **train_kwargs)
+    assert_unchanged(backbone, before)
+    result.update(
+        n_train=len(train.labels), n_val=len(val.labels), n_classes=n_classes, dim=train.feats.shape[1]
+    )
+    return result

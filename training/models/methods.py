@@ -1,0 +1,128 @@
+"""The SSL methods by name: which model to build, which loader feeds it, how a batch becomes its inputs.
+
+| name          | model              | positives                                  | geo head |
+|---------------|--------------------|--------------------------------------------|----------|
+| moco          | MoCo-v2            | two augmentations of one view              | no       |
+| moco+tp       | MoCo-v2            | two dates of one location (temporal pair)  | no       |
+| moco+geo      | MoCo-v2 + geo head | two augmentations of one view              | yes      |
+| moco+geo+tp   | MoCo-v2 + geo head | two dates of one location                  | yes      |
+| simclr        | SimCLR (NT-Xent)   | two augmentations of one view              | no       |
+| simclr+tp     | SimCLR (NT-Xent)   | two dates of one location                  | no       |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.training.trainer.config import PretrainConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # "moco" or "simclr"
+    temporal: bool
+    geo: bool
+
+    @property
+    def backbone_prefix(self) -> str:
+        """Key prefix of the evaluated encoder inside the model's state_dict."""
+        return "moco.encoder_q." if self.family == "moco" else "encoder."
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("moco", "moco", temporal=False, geo=False),
+        Method("moco+tp", "moco", temporal=True, geo=False),
+        Method("moco+geo", "moco", temporal=False, geo=True),
+        Method("moco+geo+tp", "moco", temporal=True, geo=True),
+        Method("simclr", "simclr", temporal=False, geo=False),
+        Method("simclr+tp", "simclr", temporal=True, geo=False),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise GeoSSLError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_model(cfg: PretrainConfig, n_clusters: int, bn_splits: int) -> nn.Module:
+    """The task module: forward(*inputs) -> (loss, stats), with a `backbone` property."""
+    from geo_ssl.training.models.moco import GeoMoCo, MoCo
+    from geo_ssl.training.models.simclr import SimCLR
+
+    method = get_method(cfg.method)
+    if method.family == "simclr":
+        return SimCLR(cfg.arch, dim=cfg.dim, T=cfg.temperature, bn_splits=bn_splits)
+    moco = MoCo(
+        cfg.arch, dim=cfg.dim, K=cfg.moco_k, m=cfg.moco_m, T=cfg.temperature, mlp=cfg.mlp,
+        bn_splits=bn_splits, shuffle_bn=cfg.shuffle_bn,
+    )  # fmt: skip
+    return GeoMoCo(moco, n_clusters=n_clusters if method.geo else 0, moco_weight=cfg.moco_weight,
+                   geo_weight=cfg.geo_weight)  # fmt: skip
+
+
+def make_loader(cfg: PretrainConfig, rank: int, world_size: int) -> Iterable:
+    """This rank's pretraining loader (len() = steps per epoch, set_epoch(e) reshuffles)."""
+    from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader, views_loader
+
+    method = get_method(cfg.method)
+    lc = LoaderConfig(
+        cfg.data, split=cfg.split, batch_size=cfg.batch_size // world_size, image_size=cfg.image_size,
+        temporal=method.temporal, augment=cfg.augment, num_workers=cfg.num_workers,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, strict=cfg.strict,
+        epoch_samples=cfg.epoch_samples or None,
+    )  # fmt: skip
+    if method.family == "simclr":
+        return views_loader(lc, 2, rank, world_size)
+    return pretrain_loader(lc, rank, world_size)
+
+
+def batch_inputs(method: Method, batch: dict, device: torch.device, channels_last: bool) -> tuple:
+    """Move one loader item to the device as the model's forward arguments."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if method.family == "simclr":
+        return (batch["views"].to(device, non_blocking=True),)
+    q, k, geo = batch["q"], batch["k"], batch["geo_cluster"]
+    return (
+        q.to(device, non_blocking=True, memory_format=fmt),
+        k.to(device, non_blocking=True, memory_format=fmt),
+        geo.to(device, non_blocking=True),
+    )
+
+
+def resolve_n_clusters(cfg: PretrainConfig) -> int:
+    """cfg.n_clusters, or the cluster count recorded beside the shards (a build folder's index/)."""
+    if not get_method(cfg.method).geo:
+        return 0
+    if cfg.n_clusters:
+        return cfg.n_clusters
+    for name in ("dataset.json", "index/cluster_stats.json"):
+        url = fsio.join(cfg.data, name)
+        try:
+            card = json.loads(fsio.read_bytes(url))
+        except (OSError, ValueError):
+            continue
+        k = _find_k(card)
+        if k:
+            return k
+    raise GeoSSLError(
+        f"{cfg.data}: no cluster count found in dataset.json or index/cluster_stats.json; pass --n-clusters"
+    )
+
+
+def _find_k(card: dict) -> int:
+    for key in ("n_clusters", "k"):
+        if isinstance(card.get(key), int) and card[key] > 0:
+            return card[key]
+    return 0

@@ -1,0 +1,1 @@
+"""The pretraining loop and what it needs: config, schedule, checkpoints, DDP, run log, CLI."""

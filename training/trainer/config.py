@@ -1,0 +1,225 @@
+"""The pretraining config: one dataclass, read from a TOML file, overridden by flags, validated up front.
+
+Every field is a flag (`batch_size` -> `--batch-size`, booleans get `--no-...`); the TOML file holds the
+same names as top-level keys. Unknown keys, wrong types and impossible values stop the run before any
+work with a one-line GeoSSLError that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+
+METHOD_NAMES = ("moco", "moco+tp", "moco+geo", "moco+geo+tp", "simclr", "simclr+tp")
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+SCHEDULES = ("cosine", "step", "constant")
+RUN_CONFIG = "config.toml"  # written into the run folder at start
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    data: str = _f("", "shard folder (with manifest.parquet) or brace pattern of .tar shards; local or URL")
+    split: str = _f("train", "split to pretrain on")
+    out: str = _f("runs/geo-ssl", "run folder: checkpoints, metrics.jsonl, TensorBoard events (local)")
+    image_size: int = _f(224, "crop size fed to the network")
+    num_workers: int = _f(4, "loader worker processes per rank")
+    shuffle_buffer: int = _f(1000, "sample shuffle buffer per worker")
+    epoch_samples: int = _f(0, "locations per epoch (0 = one pass over the split's manifest)")
+    strict: bool = _f(False, "fail on an undecodable sample instead of skipping it")
+    augment: bool = _f(True, "MoCo-v2 augmentation (off: resize + centre crop only, for debugging)")
+    # method and model
+    method: str = _f("moco+geo+tp", "SSL method", METHOD_NAMES)
+    arch: str = _f("resnet50", "torchvision ResNet depth", ARCH_NAMES)
+    dim: int = _f(128, "projection width")
+    mlp: bool = _f(True, "MoCo-v2 MLP projection head (off = MoCo-v1 linear head)")
+    moco_k: int = _f(65536, "MoCo queue length K (official --moco-k)")
+    moco_m: float = _f(0.999, "MoCo key-encoder momentum m (official --moco-m)")
+    temperature: float = _f(0.2, "softmax temperature (MoCo-v2: 0.2; the GASSL run used 0.02)")
+    n_clusters: int = _f(0, "geo clusters of the head (0 = read DATA/index/cluster_stats.json)")
+    moco_weight: float = _f(1.0, "weight of the contrastive loss")
+    geo_weight: float = _f(1.0, "weight of the geo-cluster loss (GASSL: 1)")
+    bn_splits: int = _f(
+        0,
+        "BatchNorm sub-batches for shuffle-BN (0 = auto: up to 8 of >= 16 samples in one process, 1 under DDP)",
+    )
+    shuffle_bn: bool = _f(True, "shuffle keys before the key encoder (shuffle-BN)")
+    # optimisation
+    epochs: int = _f(200, "epochs")
+    max_steps: int = _f(
+        0,
+        "stop (with a checkpoint) after this many steps in total; the lr schedule still spans all epochs (0 = run all)",
+    )
+    batch_size: int = _f(256, "global batch size, split evenly over the DDP ranks")
+    lr: float = _f(0.0, "learning rate (0 = 0.03 x batch_size / 256)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "SGD weight decay (all parameters, as official MoCo)")
+    schedule: str = _f("cosine", "lr schedule, updated every step (step = x0.1 at 60% and 80%)", SCHEDULES)
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    amp: str = _f(
+        "auto", "mixed precision on CUDA (auto = bf16 if supported, else fp16); never on CPU", AMP_MODES
+    )
+    channels_last: bool = _f(True, "channels-last memory format on CUDA")
+    seed: int = _f(0, "seed of model init, loader order and augmentation")
+    deterministic: bool = _f(False, "torch deterministic algorithms (slower; for exact reproduction)")
+    # logging, checkpoints, monitors
+    log_every: int = _f(10, "steps between metric records")
+    ckpt_every: int = _f(500, "steps between checkpoints (also at each epoch end, on SIGTERM and at the end)")
+    knn_every: int = _f(1, "epochs between kNN monitor runs (0 = off)")
+    knn_every_steps: int = _f(0, "steps between kNN monitor runs (0 = only per epoch)")
+    knn_data: str = _f("", "shards for the kNN monitor (default: --data)")
+    knn_bank_split: str = _f("train", "split whose category labels form the kNN feature bank")
+    knn_query_split: str = _f("val", "held-out split whose top-1 is reported")
+    knn_bank_samples: int = _f(10000, "max images in the kNN bank (0 = all)")
+    knn_query_samples: int = _f(2000, "max query images (0 = all)")
+    knn_k: int = _f(200, "neighbours")
+    knn_t: float = _f(0.1, "kNN vote temperature")
+    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr > 0 else 0.03 * self.batch_size / 256
+
+
+#: Fields that define the run; `--resume` refuses a config that changes them.
+RUN_DEFINING = (
+    "data", "split", "image_size", "epoch_samples", "augment", "method", "arch", "dim", "mlp", "moco_k", "moco_m", "temperature",
+    "n_clusters", "moco_weight", "geo_weight", "bn_splits", "shuffle_bn", "epochs", "batch_size", "lr",
+    "momentum", "weight_decay", "schedule", "warmup_steps", "seed",
+)  # fmt: skip
+
+
+def _check_type(name: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise GeoSSLError(f"{where}: {name} = {value!r} should be {type(default).__name__}")
+    return value
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> PretrainConfig:
+    """Build a config from plain values, rejecting unknown keys and wrong types."""
+    known = {f.name: f for f in fields(PretrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise GeoSSLError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+    defaults = PretrainConfig()
+    typed = {k: _check_type(k, v, getattr(defaults, k), where) for k, v in values.items()}
+    return PretrainConfig(**typed)
+
+
+def load_toml(url: str) -> dict[str, Any]:
+    """Top-level keys of a TOML config file (a [pretrain] table is accepted too)."""
+    try:
+        data = tomllib.loads(fsio.read_bytes(url).decode("utf-8"))
+    except FileNotFoundError:
+        raise GeoSSLError(f"{url}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GeoSSLError(f"{url}: not valid TOML ({exc})") from None
+    return dict(data.get("pretrain", data)) if set(data) <= {"pretrain"} else data
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, default None so that only flags given override the file."""
+    for f in fields(PretrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = (f.metadata["help"] + f" (default {f.default!r})").replace("%", "%%")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            parser.add_argument(
+                flag, type=type(f.default), default=None, choices=f.metadata["choices"], help=helptext
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """TOML file (args.config) first, then every flag that was given.
+
+    With --resume, the run folder's own config.toml (written when the run started) comes first, so
+    `geo-pretrain --out RUN --resume` needs nothing else.
+    """
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    where = args.config if getattr(args, "config", None) else "flags"
+    for f in fields(PretrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    if values.get("resume"):
+        saved = fsio.join(values.get("out", PretrainConfig.out), RUN_CONFIG)
+        if fsio.exists(saved):
+            values = {**load_toml(saved), **values}
+    return config_from_dict(values, where)
+
+
+def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
+    """Raise GeoSSLError for the first impossible setting, naming it and the allowed values."""
+
+    def bad(msg: str) -> None:
+        raise GeoSSLError(f"config: {msg}")
+
+    if not cfg.data:
+        bad("data is empty; pass --data SHARD_FOLDER (or a brace pattern of .tar shards)")
+    for name in ("method", "arch", "amp", "schedule"):
+        choices = next(f for f in fields(PretrainConfig) if f.name == name).metadata["choices"]
+        if getattr(cfg, name) not in choices:
+            bad(f"{name} = {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")
+    for name in ("image_size", "epochs", "batch_size", "dim", "moco_k", "log_every", "ckpt_every", "knn_k"):
+        if getattr(cfg, name) <= 0:
+            bad(f"{name} = {getattr(cfg, name)} must be > 0")
+    for name in ("num_workers", "epoch_samples", "max_steps", "warmup_steps", "n_clusters", "bn_splits",
+                 "knn_every", "knn_every_steps", "knn_bank_samples", "knn_query_samples", "shuffle_buffer"):  # fmt: skip
+        if getattr(cfg, name) < 0:
+            bad(f"{name} = {getattr(cfg, name)} must be >= 0")
+    for name in ("lr", "weight_decay", "moco_weight", "geo_weight", "momentum"):
+        if getattr(cfg, name) < 0:
+            bad(f"{name} = {getattr(cfg, name)} must be >= 0")
+    if cfg.image_size < 32:
+        bad(f"image_size = {cfg.image_size} is below 32 px, too small for a ResNet")
+    if not 0 <= cfg.moco_m < 1:
+        bad(f"moco_m = {cfg.moco_m} must be in [0, 1)")
+    if cfg.temperature <= 0 or cfg.knn_t <= 0:
+        bad("temperature and knn_t must be > 0")
+    if cfg.batch_size % world_size:
+        bad(f"batch_size = {cfg.batch_size} is not divisible by the {world_size} ranks")
+    per_rank = cfg.batch_size // world_size
+    splits = resolved_bn_splits(cfg, world_size)
+    if per_rank % splits:
+        bad(f"per-rank batch {per_rank} is not divisible by bn_splits = {splits}; pick bn_splits dividing it")
+    if cfg.method.startswith("moco") and cfg.moco_k < cfg.batch_size:
+        bad(f"moco_k = {cfg.moco_k} is smaller than the global batch {cfg.batch_size}")
+    if cfg.method == "simclr" and cfg.batch_size < 2:
+        bad("simclr needs batch_size >= 2 (the other samples are the negatives)")
+    if "geo" in cfg.method and cfg.geo_weight == 0:
+        bad(f"method {cfg.method} with geo_weight = 0 has no geo head; use the method without +geo")
+
+
+def resolved_bn_splits(cfg: PretrainConfig, world_size: int) -> int:
+    """bn_splits, with 0 resolved: 8 sub-batches in one process (if the batch allows), 1 under DDP."""
+    if cfg.bn_splits:
+        return cfg.bn_splits
+    if world_size > 1 or not cfg.shuffle_bn or cfg.method == "simclr":
+        return 1
+    per_rank = cfg.batch_size // world_size
+    # BN over fewer than 16 samples is too noisy to help; tiny batches get plain BN.
+    return next(s for s in (8, 4, 2, 1) if (per_rank % s == 0 and per_rank // s >= 16) or s == 1)

@@ -1,0 +1,478 @@
+"""The pretraining loop behind `geo-pretrain`: one process or torchrun DDP, CPU or CUDA.
+
+Per step: next batch (timed: the data-wait share) -> forward under autocast (CUDA only) -> SGD step ->
+per-step lr schedule. Every `log_every` steps a record goes to metrics.jsonl and TensorBoard; every
+`ckpt_every` steps, at each epoch end, on SIGTERM and at the end the run is checkpointed atomically
+(model incl. the MoCo queue, optimizer, scheduler, grad scaler, step/epoch and every rank's RNG states).
+`--resume` replays the current epoch's data order and skips the batches already trained on, then
+restores the RNG states, so with a deterministic loader the continued run matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.progress import Summary, progress_bar
+from geo_ssl.training.evaluation.knn import extract_features, knn_top1
+from geo_ssl.training.models.backbone import FeatureExtractor
+from geo_ssl.training.models.methods import (
+    batch_inputs,
+    build_model,
+    get_method,
+    make_loader,
+    resolve_n_clusters,
+)
+from geo_ssl.training.trainer.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    LAST,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from geo_ssl.training.trainer.config import (
+    RUN_CONFIG,
+    RUN_DEFINING,
+    PretrainConfig,
+    resolved_bn_splits,
+    validate,
+)
+from geo_ssl.training.trainer.distributed import (
+    DistContext,
+    any_rank,
+    barrier,
+    gather_objects,
+    init_distributed,
+    shutdown,
+)
+from geo_ssl.training.trainer.run_log import RunLog
+from geo_ssl.training.trainer.schedule import LrFactor
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or with cfg.resume continue) a pretraining run in cfg.out; returns a result summary."""
+    ctx = init_distributed()
+    try:
+        return Trainer(cfg, ctx).run()
+    finally:
+        shutdown(ctx)
+
+
+def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The AMP dtype for `mode` on `device`; None (full precision) on CPU or with mode 'off'."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+class StopSignal:
+    """Turns SIGTERM into a flag the loop checks after each step (checkpoint, then a clean exit)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> StopSignal:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _say(ctx: DistContext, message: str) -> None:
+    if ctx.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, ctx: DistContext) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.step = self.epoch = self.epoch_step = 0
+        self.start_step = 0
+        self.last_record: dict[str, Any] = {}
+        self.last_knn: dict[str, Any] | None = None
+        self._pending_rng: dict[str, torch.Tensor] | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def _configure(self) -> dict[str, Any] | None:
+        cfg, ctx = self.cfg, self.ctx
+        validate(cfg, ctx.world_size)
+        if not fsio.is_local(cfg.out):
+            raise GeoSSLError(f"{cfg.out}: the run folder must be local (TensorBoard and metrics append)")
+        self.ckpt_url = os.path.join(cfg.out, LAST)
+        ckpt = None
+        if cfg.resume:
+            if not os.path.exists(self.ckpt_url):
+                raise GeoSSLError(
+                    f"{self.ckpt_url}: no checkpoint to resume; drop --resume to start a new run"
+                )
+            ckpt = load_checkpoint(self.ckpt_url)
+            if ckpt.get("format") != FORMAT:
+                raise GeoSSLError(f"{self.ckpt_url}: not a geo-pretrain checkpoint")
+            changed = [k for k in RUN_DEFINING if ckpt["config"].get(k) != getattr(cfg, k)]
+            if changed:
+                diffs = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                raise GeoSSLError(
+                    f"--resume: config differs from the checkpoint's ({diffs}); use a new --out"
+                )
+            if ckpt["world_size"] != ctx.world_size:
+                _say(ctx, f"=> note: resuming on {ctx.world_size} ranks, saved on {ckpt['world_size']}")
+        elif os.path.exists(self.ckpt_url):
+            raise GeoSSLError(
+                f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return ckpt
+
+    def _build(self, ckpt: dict[str, Any] | None) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.method = get_method(cfg.method)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+            torch.use_deterministic_algorithms(True)
+        self.n_clusters = ckpt["n_clusters"] if ckpt else resolve_n_clusters(cfg)
+        self.bn_splits = resolved_bn_splits(cfg, ctx.world_size)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = build_model(cfg, self.n_clusters, self.bn_splits).to(ctx.device)
+        self.channels_last = cfg.channels_last and ctx.device.type == "cuda"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.amp_dtype = autocast_dtype(cfg.amp, ctx.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.loader = make_loader(cfg, ctx.rank, ctx.world_size)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise GeoSSLError(
+                f"{cfg.data}: split {cfg.split!r} has too few locations for one batch of "
+                f"{cfg.batch_size // ctx.world_size} per rank"
+            )
+        per_epoch = self.steps_per_epoch * cfg.batch_size
+        if self.method.family == "moco" and cfg.moco_k > per_epoch - cfg.batch_size:
+            _say(ctx, f"=> warning: moco_k={cfg.moco_k} > {per_epoch - cfg.batch_size}: the queue will hold a key of "
+                      "the query's own location from the previous epoch (a false negative); use a smaller K")  # fmt: skip
+        self.total_steps = cfg.epochs * self.steps_per_epoch  # what the lr schedule spans
+        self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, LrFactor(cfg.schedule, self.total_steps, cfg.warmup_steps)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if ckpt:
+            self._restore(ckpt)
+        torch.manual_seed(cfg.seed * 1000 + 1 + ctx.rank)  # per-rank stream for shuffles
+        self.ddp = model
+        if ctx.distributed:
+            # broadcast_buffers=False: every rank enqueues the same gathered keys, so the queues agree
+            # without sending 8 MB-32 MB per step; BN running stats stay per rank (rank 0's are saved).
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        self._monitor_loaders = self._make_monitor_loaders() if ctx.is_main else None
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["steps_per_epoch"] != self.steps_per_epoch:
+            raise GeoSSLError(
+                f"--resume: {ckpt['steps_per_epoch']} steps per epoch when saved, {self.steps_per_epoch} now "
+                "(did the shards or the number of ranks change?)"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
+        self.start_step = self.step
+        rngs = ckpt["rng"]
+        self._pending_rng = rngs[self.ctx.rank] if len(rngs) == self.ctx.world_size else None
+        _say(self.ctx, f"=> resumed {self.ckpt_url} at step {self.step} (epoch {self.epoch})")
+
+    def _make_monitor_loaders(self) -> tuple | None:
+        cfg = self.cfg
+        if not (cfg.knn_every or cfg.knn_every_steps):
+            return None
+        from geo_ssl.training.data.loader import eval_loader
+
+        data = cfg.knn_data or cfg.data
+        bs = max(32, cfg.batch_size // self.ctx.world_size)
+        kw = dict(image_size=cfg.image_size, batch_size=bs, num_workers=cfg.num_workers, all_views=False)
+        return (
+            eval_loader(data, split=cfg.knn_bank_split, **kw),
+            eval_loader(data, split=cfg.knn_query_split, **kw),
+        )
+
+    # ---- pieces of the loop ------------------------------------------------------------------------
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.model
+
+    def _checkpoint(self) -> None:
+        """Every rank calls this (RNG states are gathered); rank 0 writes."""
+        rngs = gather_objects(rng_state(), self.ctx)
+        if not self.ctx.is_main:
+            return
+        epoch, epoch_step = self.epoch, self.epoch_step
+        if epoch_step >= self.steps_per_epoch:
+            epoch, epoch_step = epoch + 1, 0
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": self.cfg.method,
+            "arch": self.cfg.arch,
+            "model": self.unwrapped.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "epoch_step": epoch_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.ctx.world_size,
+            "n_clusters": self.n_clusters,
+            "bn_splits": self.bn_splits,
+            "rng": rngs,
+            "config": self.cfg.as_dict(),
+            "metrics": {k: v for k, v in self.last_record.items() if isinstance(v, int | float | str)},
+        }
+        save_checkpoint(self.ckpt_url, payload)
+
+    def _knn_monitor(self) -> None:
+        """kNN top-1 of the query encoder's pooled features (rank 0; training RNG streams untouched)."""
+        if self._monitor_loaders is None:
+            barrier(self.ctx)
+            return
+        cfg = self.cfg
+        saved = rng_state()
+        t0 = time.perf_counter()
+        extractor = FeatureExtractor(self.unwrapped.backbone)
+        bank_loader, query_loader = self._monitor_loaders
+        kw = dict(device=self.ctx.device, autocast_dtype=self.amp_dtype)
+        bank = extract_features(
+            extractor, bank_loader, max_samples=cfg.knn_bank_samples, desc="knn bank", **kw
+        )
+        query = extract_features(
+            extractor, query_loader, max_samples=cfg.knn_query_samples, desc="knn query", **kw
+        )
+        result = knn_top1(bank, query, k=cfg.knn_k, T=cfg.knn_t)
+        set_rng_state(saved)
+        result.update(step=self.step, epoch=self.epoch, seconds=time.perf_counter() - t0)
+        self.last_knn = result
+        self.log.log(result, group="knn")
+        _say(
+            self.ctx,
+            f"=> kNN step {self.step}: top-1 {result['top1']:.2f}% (bank {result['bank']}, query {result['query']})",
+        )
+        barrier(self.ctx)
+
+    def _record(self, stats: dict[str, torch.Tensor], window: dict[str, float]) -> dict[str, Any]:
+        per_rank = self.cfg.batch_size // self.ctx.world_size
+        wall = max(window["wall"], 1e-9)
+        rec: dict[str, Any] = {k: float(v) for k, v in stats.items()}
+        rec.update(
+            step=self.step,
+            epoch=self.epoch,
+            lr=self.optimizer.param_groups[0]["lr"],
+            samples_per_s=window["steps"] * per_rank * self.ctx.world_size / wall,
+            steps_per_s=window["steps"] / wall,
+            data_wait=window["data"] / wall,
+            q_std_ref=1.0 / math.sqrt(self.cfg.dim),
+            time=time.time() - self.t_start,
+        )
+        if not math.isfinite(rec["loss"]):
+            raise GeoSSLError(
+                f"loss became {rec['loss']} at step {self.step} (lr {rec['lr']:.4g}); lower --lr or try --amp off"
+            )
+        # A random network maps every image to nearly the same direction, so a low std early on is normal;
+        # still low after a fifth of the run means collapse or no learning (torchgeo's train_ssl_std check).
+        late = self.step >= max(self.cfg.warmup_steps, self.stop_at // 5)
+        if late and rec["q_std"] < 0.1 * rec["q_std_ref"] and not self._warned:
+            self._warned = True
+            _say(self.ctx, f"=> warning: embedding std {rec['q_std']:.4f} is far below 1/sqrt(dim) = "
+                           f"{rec['q_std_ref']:.4f}: collapsed, or not learning yet")  # fmt: skip
+        return rec
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        ckpt = self._configure()
+        self._build(ckpt)
+        del ckpt
+        if ctx.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            fsio.atomic_write_text(os.path.join(cfg.out, RUN_CONFIG), config_toml(cfg))
+        self.log = RunLog(cfg.out, resume_step=self.step if cfg.resume else None) if ctx.is_main else None
+        self.t_start = time.time()
+        self._warned = False
+        stopped = None
+        _say(ctx, (
+            f"=> {cfg.method} {cfg.arch} on {ctx.world_size} rank(s), {ctx.device.type}"
+            f"{' ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else ''}, "
+            f"{self.steps_per_epoch} steps/epoch, steps {self.step}..{self.stop_at} of {self.total_steps}, "
+            f"batch {cfg.batch_size}, lr {cfg.base_lr:.4g}, bn_splits {self.bn_splits}"
+        ))  # fmt: skip
+        bar = (
+            progress_bar(self.stop_at, desc=f"pretrain {cfg.method}", unit="step", initial=self.step)
+            if ctx.is_main
+            else _NoBar()
+        )
+        try:
+            with StopSignal() as stop:
+                stopped = self._loop(stop, bar)
+        finally:
+            bar.close()
+            if self.log:
+                self.log.close()
+        return self._finish(stopped)
+
+    def _loop(self, stop: StopSignal, bar: Any) -> int | None:
+        cfg, ctx = self.cfg, self.ctx
+        window = {"wall": 0.0, "data": 0.0, "steps": 0}
+        while self.step < self.stop_at:
+            if self.epoch_step == 0 and self._pending_rng is not None:
+                set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            self.loader.set_epoch(self.epoch)
+            batches = iter(self.loader)
+            for _ in range(self.epoch_step):  # resume mid-epoch: skip what was trained on
+                next(batches)
+            if self._pending_rng is not None:
+                set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            t_last = time.perf_counter()
+            while self.epoch_step < self.steps_per_epoch and self.step < self.stop_at:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except Exception:
+                    # SIGTERM sent to the whole process group also killed the loader workers.
+                    if stop.received is not None and not ctx.distributed:
+                        self._checkpoint()
+                        return stop.received
+                    raise
+                window["data"] += time.perf_counter() - t0
+                inputs = batch_inputs(self.method, batch, ctx.device, self.channels_last)
+                with torch.autocast(
+                    ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+                ):
+                    loss, stats = self.ddp(*inputs)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step += 1
+                self.epoch_step += 1
+                now = time.perf_counter()
+                window["wall"] += now - t_last
+                window["steps"] += 1
+                t_last = now
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.stop_at:
+                    rec = self._record(stats, window)
+                    self.last_record = rec
+                    if self.log:
+                        self.log.log(rec)
+                    bar.set_postfix(
+                        loss=f"{rec['loss']:.3f}", img_s=f"{rec['samples_per_s']:.1f}",
+                        data=f"{100 * rec['data_wait']:.0f}%", refresh=False,
+                    )  # fmt: skip
+                    window = {"wall": 0.0, "data": 0.0, "steps": 0}
+                # Under DDP the ranks agree on stopping at log steps only (a collective syncs the GPU).
+                stopping = stop.received is not None
+                if ctx.distributed:
+                    stopping = self.step % cfg.log_every == 0 and any_rank(stopping, ctx)
+                if cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0:
+                    self._knn_monitor()
+                end_of_epoch = self.epoch_step == self.steps_per_epoch
+                if end_of_epoch and cfg.knn_every and (self.epoch + 1) % cfg.knn_every == 0:
+                    if not (cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0):
+                        self._knn_monitor()
+                if stopping or end_of_epoch or self.step % cfg.ckpt_every == 0 or self.step == self.stop_at:
+                    self._checkpoint()
+                if stopping:
+                    return stop.received or signal.SIGTERM
+                t_last = time.perf_counter()  # monitors and checkpoints do not count as step time
+            if self.epoch_step >= self.steps_per_epoch:
+                self.epoch += 1
+                self.epoch_step = 0
+        return None
+
+    def _finish(self, stopped: int | None) -> dict[str, Any]:
+        trained = self.step - self.start_step
+        summary = Summary(
+            stage="pretrain", unit="steps", inputs=self.step, written=trained, skipped=self.start_step
+        )
+        stats = getattr(self.loader, "stats", None)
+        corrupt = int(getattr(stats, "corrupt", 0))
+        summary.extra.update(
+            planned=self.stop_at, interrupted=stopped is not None, corrupt_samples_skipped=corrupt
+        )
+        result = {
+            "steps": self.step,
+            "trained_steps": trained,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "interrupted": stopped is not None,
+            "checkpoint": self.ckpt_url,
+            "metrics": os.path.join(self.cfg.out, "metrics.jsonl"),
+            "last": self.last_record,
+            "knn": self.last_knn,
+            "summary": summary.as_dict(),
+        }
+        if self.ctx.is_main:
+            if stopped is not None:
+                print(f"=> stopped by signal {stopped} at step {self.step}; checkpoint {self.ckpt_url}; "
+                      "continue with --resume", file=sys.stderr)  # fmt: skip
+            if corrupt:
+                first = "; ".join(stats.errors[:3])
+                print(f"=> skipped {corrupt} unreadable samples on rank 0 (first: {first})", file=sys.stderr)
+            print(summary.line())
+        return result
+
+
+class _NoBar:
+    """Stands in for the progress bar on ranks other than 0."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def config_toml(cfg: PretrainConfig) -> str:
+    """The config as TOML, so `geo-pretrain --config RUN/config.toml` repeats a run."""
+    lines = []
+    for key, value in {**cfg.as_dict(), "resume": False}.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            text = repr(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""Metrics of a run: one JSON object per line in metrics.jsonl, the same scalars in TensorBoard.
+
+On resume, records newer than the checkpoint (written after it, before the run died) are dropped from
+metrics.jsonl and TensorBoard's purge_step hides them there, so every step appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from geo_ssl.pipeline.common import fsio
+
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
+
+
+class RunLog:
+    def __init__(self, out: str, resume_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, METRICS)
+        if resume_step is None:
+            open(self.path, "w").close()
+        elif os.path.exists(self.path):
+            kept = [line for line in _read_lines(self.path) if json.loads(line).get("step", 0) <= resume_step]
+            fsio.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        self._tb = SummaryWriter(os.path.join(out, TENSORBOARD), purge_step=resume_step)
+
+    def log(self, record: dict[str, Any], group: str = "train") -> None:
+        """Append one record (must hold 'step'); numeric fields also go to TensorBoard as group/name."""
+        row = {"group": group, **record}
+        self._file.write(json.dumps(row, sort_keys=True) + "\n")
+        self._file.flush()
+        step = int(record["step"])
+        for name, value in record.items():
+            if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    self._tb.add_scalar(f"{group}/{name}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _read_lines(path: str) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            out.append(line)
+    return out
+
+
+def read_metrics(out: str, group: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run folder's metrics.jsonl (optionally one group: train, knn, ...)."""
+    path = os.path.join(out, METRICS)
+    rows = [json.loads(line) for line in _read_lines(path)] if os.path.exists(path) else []
+    return [r for r in rows if group is None or r.get("group") == group]
