@@ -7,14 +7,25 @@ the same parameters, so rerunning the same command after a crash continues where
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.shards.options import ShardOptions
 
 _TOP_KEYS = {"root", "out", "k", "seed", "kind", "index_workers", "shards"}
+_KINDS = ("rgb", "msrgb")
+#: Type of every [shards] key (ShardOptions checks the ranges): checked before any stage runs.
+_SHARD_TYPES: dict[str, tuple[type, ...]] = {
+    "resize": (int,), "context": (str, int, float), "quality": (int,), "shard_bytes": (int, str),
+    "workers": (int,), "upscale": (bool,), "dct": (bool,), "splits": (list,), "layout": (str,),
+}  # fmt: skip
+#: What a build folder records about its inputs; another root or kind in the same --out is refused.
+BUILD_RECORD = "build.json"
 
 
 @dataclass
@@ -43,6 +54,7 @@ def load_build_config(
 ) -> BuildConfig:
     """Merge a TOML config (optional) with flag overrides and validate; errors name the file and key."""
     data: dict = {}
+    where = path or "flags"
     if path is not None:
         try:
             data = tomllib.loads(fsio.read_bytes(path).decode("utf-8"))
@@ -54,25 +66,75 @@ def load_build_config(
             raise GeoSSLError(
                 f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
             )
+    _check_types(data, where)
     shard = dict(shard or {})
-    seed = int(shard.pop("seed", None) if shard.get("seed") is not None else data.get("seed", 0))
-    shard_cfg = {**data.get("shards", {}), **shard, "seed": seed}
+    seed_flag = shard.pop("seed", None)
+    seed = seed_flag if seed_flag is not None else data.get("seed", 0)
+    check_seed(seed, "--seed" if seed_flag is not None else f"{where}: seed")
+    file_shards = dict(data.get("shards", {}))
+    if isinstance(file_shards.get("splits"), list):
+        file_shards["splits"] = tuple(file_shards["splits"])
+    shard_cfg = {**file_shards, **shard, "seed": seed}
     try:
         options = ShardOptions(**shard_cfg)
     except TypeError as exc:
-        raise GeoSSLError(f"{path or 'flags'}: bad [shards] option ({exc})") from None
+        raise GeoSSLError(f"{where}: bad [shards] option ({exc})") from None
+    except GeoSSLError as exc:
+        raise GeoSSLError(f"{where}: {exc}") from None
     root = root or data.get("root")
     if not root:
         raise GeoSSLError("no fMoW root given: pass --root or set root in the config file")
+    k = k if k is not None else data.get("k", 100)
+    if k < 1:
+        raise GeoSSLError(f"{where}: k must be at least 1, got {k}")
     return BuildConfig(
         root=str(root),
         out=str(out or data.get("out", "shards")),
-        k=int(k if k is not None else data.get("k", 100)),
+        k=k,
         seed=seed,
-        kind=str(data.get("kind", "rgb")),
+        kind=data.get("kind", "rgb"),
         index_workers=data.get("index_workers"),
         shards=options,
     )
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _expect(where: str, key: str, value: object, types: tuple[type, ...]) -> None:
+    """bool is an int in Python but never a count here; 4.7 is never an integer."""
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise GeoSSLError(f"{where}: {key} must be {_type_name(types)}, got {value!r}")
+
+
+def _check_types(data: dict, where: str) -> None:
+    """Every config value's type (and the small ranges ShardOptions does not check), before any stage."""
+    for key, types in (("root", (str,)), ("out", (str,)), ("k", (int,)), ("seed", (int,)), ("kind", (str,))):
+        if key in data:
+            _expect(where, key, data[key], types)
+    if data.get("kind", "rgb") not in _KINDS:
+        raise GeoSSLError(f"{where}: kind must be one of {', '.join(_KINDS)}, got {data['kind']!r}")
+    if "index_workers" in data:
+        _expect(where, "index_workers", data["index_workers"], (int,))
+        if data["index_workers"] < 1:
+            raise GeoSSLError(f"{where}: index_workers must be at least 1, got {data['index_workers']}")
+    if "k" in data and data["k"] < 1:
+        raise GeoSSLError(f"{where}: k must be at least 1, got {data['k']}")
+    shards = data.get("shards", {})
+    if not isinstance(shards, dict):
+        raise GeoSSLError(f"{where}: shards must be a table ([shards]), got {shards!r}")
+    if unknown := sorted(set(shards) - set(_SHARD_TYPES)):
+        raise GeoSSLError(
+            f"{where}: unknown [shards] key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SHARD_TYPES))}"
+        )
+    for key, value in shards.items():
+        _expect(where, f"shards.{key}", value, _SHARD_TYPES[key])
+    splits = shards.get("splits")
+    if splits is not None and (not splits or not all(isinstance(s, str) and s.strip() for s in splits)):
+        raise GeoSSLError(f"{where}: shards.splits must be a non-empty list of split names, got {splits!r}")
 
 
 def _index_complete(index_dir: str) -> bool:
@@ -90,7 +152,87 @@ def _clusters_complete(index_dir: str, k: int, seed: int) -> bool:
     return stats.get("k") == k and stats.get("seed") == seed
 
 
-def build(config: BuildConfig) -> dict:
+def _root_url(root: str) -> str:
+    """The root as index-fmow records it: an absolute local path, or the URL without a trailing slash."""
+    _, path = fsio.get_fs(root)
+    return os.path.abspath(path) if fsio.is_local(root) else str(root).rstrip("/")
+
+
+def _recorded_inputs(config: BuildConfig) -> dict | None:
+    """What OUT was built from: build.json, else (older builds) the index summary or the parts' source."""
+    for url, keys in (
+        (fsio.join(config.out, BUILD_RECORD), ("root", "kind")),
+        (fsio.join(config.index_dir, "index_summary.json"), ("root", "kind")),
+        (fsio.join(config.index_dir, "_parts", "source.json"), ("root",)),
+    ):
+        if fsio.exists(url):
+            try:
+                data = json.loads(fsio.read_bytes(url))
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("root"):
+                return {k: data.get(k) for k in keys}
+    return None
+
+
+def _check_same_inputs(config: BuildConfig, rebuild: bool) -> None:
+    """A build folder made from another root (or image kind) is never reused silently."""
+    mine = {"root": _root_url(config.root), "kind": config.kind}
+    theirs = _recorded_inputs(config)
+    if theirs is None:
+        return
+    differs = [k for k in theirs if theirs[k] is not None and theirs[k] != mine[k]]
+    if not differs:
+        return
+    what = ", ".join(f"{k} {theirs[k]}" for k in differs)
+    if not rebuild:
+        raise GeoSSLError(
+            f"{config.out} holds a build of {what}, not {', '.join(f'{k} {mine[k]}' for k in differs)};"
+            " use another --out, or pass --rebuild to replace that build"
+        )
+    removed = _clear_build(config.out)
+    print(f"build: --rebuild: removed the build of {what} from {config.out} ({removed} entries)")
+
+
+def _clear_build(out: str) -> int:
+    """Remove the outputs a build writes (and nothing else) from OUT; return how many entries went."""
+    from geo_ssl.pipeline.shards.manifest import DATASET_CARD, DONE_DIR, MANIFEST, REJECTS
+
+    fs, path = fsio.get_fs(out)
+    names = {
+        "index",
+        DONE_DIR,
+        MANIFEST,
+        REJECTS,
+        DATASET_CARD,
+        "sample_index.parquet",
+        "report",
+        BUILD_RECORD,
+    }
+    removed = 0
+    for entry in fs.ls(path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name in names or (name.endswith(".tar") and fs.isfile(entry)):
+            fs.rm(entry, recursive=True)
+            removed += 1
+    return removed
+
+
+def build(config: BuildConfig, rebuild: bool = False) -> dict:
+    """Index, cluster and write shards into OUT (locked for the run); resumes a build of the same inputs.
+
+    A build folder holding a build of another root is refused (GeoSSLError), or replaced when `rebuild`."""
+    fsio.check_output_dir(config.out, "--out")
+    with output_lock(config.out, "build"):
+        _check_same_inputs(config, rebuild)
+        fsio.atomic_write_text(
+            fsio.join(config.out, BUILD_RECORD),
+            json.dumps({"root": _root_url(config.root), "kind": config.kind}) + "\n",
+        )
+        return _build(config)
+
+
+def _build(config: BuildConfig) -> dict:
     """Run stages 4 to 6 and return their summaries; prints one reconciling line per stage."""
     from geo_ssl.pipeline.cluster import cluster
     from geo_ssl.pipeline.fmow.index import index_fmow

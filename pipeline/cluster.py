@@ -18,9 +18,14 @@ from threadpoolctl import threadpool_limits
 
 from geo_ssl.pipeline.common import fsio, tables
 from geo_ssl.pipeline.common import sphere as geo
+from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary
 
+#: Locations closer than about this are one location when counting distinct ones (unit-vector grid step).
+DISTINCT_UNIT = 1e-6
+DISTINCT_M = DISTINCT_UNIT * 6_371_000
 #: Restarts of full K-means; fixed so a seed names exactly one result.
 KMEANS_N_INIT = 4
 #: MiniBatchKMeans settings used above the threshold (fMoW train has tens of thousands of locations).
@@ -51,6 +56,17 @@ def _read_locations(url: str) -> dict[str, np.ndarray]:
     if len(set(cols["location_key"])) != len(lat):
         raise GeoSSLError(f"{url}: location_key is not unique; re-run index-fmow")
     return cols
+
+
+def distinct_locations(lat: np.ndarray, lon: np.ndarray) -> int:
+    """Number of distinct points, counting points within a few metres as one.
+
+    Exact float comparison would count one site seen with float noise as many (and suggest a k that
+    leaves clusters empty); unit vectors rounded to 1e-6 (about 6 m on Earth) are compared instead."""
+    if len(lat) == 0:
+        return 0
+    cells = np.round(geo.latlon_to_unit(lat, lon) / DISTINCT_UNIT).astype(np.int64)
+    return len(np.unique(cells, axis=0))
 
 
 def _fit(
@@ -84,8 +100,10 @@ def cluster(
     index: str, k: int = 100, seed: int = 0, out: str | None = None, minibatch_threshold: int = 50_000
 ) -> dict:
     """Fit K-means on train locations, label every location, write clusters/centroids/stats; return stats."""
-    if k < 1:
-        raise GeoSSLError(f"--k must be at least 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GeoSSLError(f"--k must be an integer of at least 1, got {k!r}")
+    check_seed(seed)
+    fsio.check_output_dir(out or index, "--out" if out else "--index")
     out = out or index
     src = fsio.join(index, "locations.parquet")
     loc = _read_locations(src)
@@ -95,10 +113,11 @@ def cluster(
     if n_train == 0:
         found = ", ".join(sorted(set(loc["split"]))) or "no locations at all"
         raise GeoSSLError(f"{src}: no train split to fit clusters on (found: {found})")
-    n_distinct = len(np.unique(np.stack([loc["lat"][is_train], loc["lon"][is_train]], axis=1), axis=0))
+    n_distinct = distinct_locations(loc["lat"][is_train], loc["lon"][is_train])
     if k > n_distinct:
         raise GeoSSLError(
-            f"{src}: k={k} is more than the {n_distinct} distinct train locations; use --k {n_distinct} or less"
+            f"{src}: k={k} is more than the {n_distinct} distinct train locations (points within about"
+            f" {DISTINCT_M:.0f} m count as one); use --k {n_distinct} or less"
         )
 
     xyz = geo.latlon_to_unit(loc["lat"], loc["lon"])
@@ -172,10 +191,17 @@ def cluster(
         + ", ".join(f"{s} {v['locations']}" for s, v in splits.items())
     )
 
-    fsio.makedirs(out)
-    fsio.remove_stale_temps(out)
-    tables.write_table(clusters_table, fsio.join(out, "clusters.parquet"), "clusters")
-    tables.write_table(centroids_table, fsio.join(out, "centroids.parquet"), "centroids")
-    # Written last: its presence means the two tables above belong to this run.
-    fsio.atomic_write_text(fsio.join(out, "cluster_stats.json"), json.dumps(stats, indent=2) + "\n")
+    if empty:  # not silent even with progress output off: the geo head would have dead classes
+        print(
+            f"cluster: WARNING: {empty} of {k} clusters got no train location; "
+            f"the data have {n_distinct} distinct train locations, consider a smaller --k",
+            file=sys.stderr,
+            flush=True,
+        )
+    with output_lock(out, "cluster"):
+        fsio.remove_stale_temps(out)
+        tables.write_table(clusters_table, fsio.join(out, "clusters.parquet"), "clusters")
+        tables.write_table(centroids_table, fsio.join(out, "centroids.parquet"), "centroids")
+        # Written last: its presence means the two tables above belong to this run.
+        fsio.atomic_write_text(fsio.join(out, "cluster_stats.json"), json.dumps(stats, indent=2) + "\n")
     return stats

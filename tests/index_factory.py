@@ -77,7 +77,7 @@ def make_index(
                 "image_path": str(path), "json_path": str(path.with_suffix(".json")), "timestamp": times[v],
                 "lat": lat, "lon": lon, "box": [bx, by, bw, bh], "gsd": 0.5 + v / 10, "cloud_cover": 0.0,
                 "country_code": "TUR" if n % 2 else None, "sensor": "WV03", "off_nadir_deg": 10.0,
-                "img_width": w, "img_height": h, "file_size": path.stat().st_size,
+                "img_width": w, "img_height": h, "file_size": path.stat().st_size, "box_clipped": False,
                 "geometry": shapely.to_wkb(shapely.Point(lon, lat)),
             })  # fmt: skip
         loc_rows.append({

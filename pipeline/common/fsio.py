@@ -14,10 +14,17 @@ from collections.abc import Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from geo_ssl.pipeline.common import storage
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import RetryingReader, retry_io
+
 
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Filesystem and path inside it for a local path or a URL such as s3://bucket/prefix."""
-    fs, path = fsspec.core.url_to_fs(str(url))
+    """Filesystem and path inside it for a local path or a URL such as s3://bucket/prefix, with the
+    command's storage options (endpoint, profile, region, anon: see storage.py)."""
+    url = str(url)
+    options = {} if "::" in url else storage.options_for(url)  # a chained URL keeps fsspec's own rules
+    fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 
 
@@ -44,10 +51,39 @@ def makedirs(url: str) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
-def read_bytes(url: str) -> bytes:
+def check_output_dir(url: str, flag: str) -> None:
+    """Fail at once, on one line naming `flag`, when a local output folder cannot be created or written
+    (a file is in the way, no permission, a read-only filesystem); creates the folder. Object storage is
+    checked by its first write."""
     fs, path = get_fs(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    if not isinstance(fs, LocalFileSystem):
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise GeoSSLError(f"{flag} {url}: is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise GeoSSLError(f"{flag} {url}: cannot write there ({exc.strerror or exc})") from None
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole file; transient I/O errors are retried, then raise retry.StorageError (never a short read)."""
+
+    def read() -> bytes:
+        fs, path = get_fs(url)
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+    return retry_io(read, f"reading {url}")
+
+
+def open_read(url: str) -> RetryingReader:
+    """A seekable reader whose reads are retried like read_bytes (for header probes of large files)."""
+    fs, path = get_fs(url)
+    return RetryingReader(lambda _: fs.open(path, "rb"), url)
 
 
 _UMASK = os.umask(0o022)

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import executor, fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
 from geo_ssl.pipeline.common.tables import read_table
+from geo_ssl.pipeline.fmow.layout import CATEGORIES
 from geo_ssl.pipeline.shards.manifest import DATASET_CARD, MANIFEST
-from geo_ssl.pipeline.shards.sample_format import check_sample
+from geo_ssl.pipeline.shards.sample_format import check_sample, check_view_sample
+from geo_ssl.pipeline.shards.sample_index import SAMPLE_INDEX
 
 _SHOWN = 5  # problems printed on the summary line
 
@@ -39,6 +41,7 @@ class ShardCheck:
     samples: int = 0
     views: int = 0
     bytes: int = 0
+    spans: dict[str, list] = field(default_factory=dict)  # key -> [(member, data offset, size)]
 
 
 @dataclass
@@ -100,14 +103,18 @@ def _split_name(name: str) -> tuple[str, str]:
     return posixpath.join(posixpath.dirname(name), key), ext
 
 
-def _check_sample(key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
-    """Problems of one sample and its number of views."""
+def _check_sample(
+    key: str, members: dict[str, bytes], layout: str = "locations", expect: dict | None = None
+) -> tuple[list[str], int]:
+    """Problems of one sample and its number of views; `expect` holds the card's k and categories."""
     problems, sizes = [], {}
     for name, data in members.items():
-        if name.endswith(".jpg"):
+        if name.endswith(".jpg") or name == "jpg":
             try:
                 with Image.open(io.BytesIO(data)) as im:
                     im.load()
+                    if im.format != "JPEG":  # decodes, but readers expecting JPEG bytes would not
+                        problems.append(f"{key}.{name} holds {im.format} bytes, not JPEG")
                     sizes[name] = list(im.size)
             except Exception as exc:  # any decoder failure is a finding, not a crash
                 problems.append(f"{key}.{name} does not decode ({type(exc).__name__}: {exc})")
@@ -117,7 +124,14 @@ def _check_sample(key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
         meta = json.loads(members["json"])
     except ValueError as exc:
         return [*problems, f"{key}.json is not valid JSON ({exc})"], len(sizes)
-    problems += [f"{key}: {p}" for p in check_sample(meta, members.keys(), members.get("cls"))]
+    problems += _label_problems(key, meta, expect or {})
+    if layout == "views":  # one view per sample: members jpg, json, cls
+        problems += [f"{key}: {p}" for p in check_view_sample(meta, members.keys(), members.get("cls"))]
+        if isinstance(meta, dict) and "jpg" in sizes and meta.get("size") != sizes["jpg"]:
+            problems.append(f"{key}.jpg is {sizes['jpg']} px but json says {meta.get('size')}")
+        meta = {"key": meta.get("key")} if isinstance(meta, dict) else meta
+    else:
+        problems += [f"{key}: {p}" for p in check_sample(meta, members.keys(), members.get("cls"))]
     if isinstance(meta, dict) and meta.get("key") != key:
         problems.append(f"{key}: json key {meta.get('key')!r} differs from the member key")
     for view in meta.get("views", []) if isinstance(meta, dict) else []:
@@ -127,7 +141,7 @@ def _check_sample(key: str, members: dict[str, bytes]) -> tuple[list[str], int]:
     return problems, len(sizes)
 
 
-def check_shard(out: str, row: dict) -> ShardCheck:
+def check_shard(out: str, row: dict, layout: str = "locations", expect: dict | None = None) -> ShardCheck:
     """Read one shard fully and compare it with its manifest row."""
     name = row["shard"]
     check = ShardCheck(name)
@@ -141,7 +155,7 @@ def check_shard(out: str, row: dict) -> ShardCheck:
     def finish() -> None:
         if current is None:
             return
-        problems, n_views = _check_sample(current, members)
+        problems, n_views = _check_sample(current, members, layout, expect)
         check.problems.extend(problems)
         check.keys.append(current)
         check.samples += 1
@@ -165,6 +179,7 @@ def check_shard(out: str, row: dict) -> ShardCheck:
                     if ext in members:
                         check.problems.append(f"{key}: duplicate member {ext}")
                     members[ext] = tar.extractfile(info).read()
+                    check.spans.setdefault(key, []).append((ext, info.offset_data, info.size))
                 finish()
         except (tarfile.TarError, OSError, EOFError) as exc:
             check.problems.append(f"not a readable tar ({type(exc).__name__}: {exc})")
@@ -185,13 +200,18 @@ def check_shard(out: str, row: dict) -> ShardCheck:
     return check
 
 
-def _check_all(out: str, rows: list[dict], workers: int) -> Iterator[ShardCheck]:
+def _check_all(
+    out: str, rows: list[dict], workers: int, layout: str = "locations", expect: dict | None = None
+) -> Iterator[ShardCheck]:
     if workers <= 1 or len(rows) <= 1:
-        yield from (check_shard(out, r) for r in rows)
+        yield from (check_shard(out, r, layout, expect) for r in rows)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(rows)), mp_context=ctx) as pool:
-        yield from pool.map(check_shard, [out] * len(rows), rows)
+    n = len(rows)
+    # workers end with this run (executor.exit_with_run): a killed validate leaves no process behind
+    tie = {"initializer": executor.exit_with_run, "initargs": (os.getpid(),)}
+    with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx, **tie) as pool:
+        yield from pool.map(check_shard, [out] * n, rows, [layout] * n, [expect] * n)
 
 
 def validate(out: str, workers: int | None = None) -> ValidationReport:
@@ -205,7 +225,12 @@ def validate(out: str, workers: int | None = None) -> ValidationReport:
     report = ValidationReport(out=out, shards=len(rows))
     owner: dict[str, str] = {}
     workers = workers or os.cpu_count() or 1
-    for check in progress(_check_all(out, rows, workers), total=len(rows), desc="validate", unit="shard"):
+    layout = _layout(out)
+    index = _read_sample_index(out)
+    checks = _check_all(out, rows, workers, layout, _expectations(out))
+    for check in progress(checks, total=len(rows), desc="validate", unit="shard"):
+        if index is not None:
+            report.problems += _index_mismatch(check, index.pop(check.shard, {}))
         report.samples += check.samples
         report.views += check.views
         report.bytes += check.bytes
@@ -214,9 +239,56 @@ def validate(out: str, workers: int | None = None) -> ValidationReport:
             if key in owner and owner[key] != check.shard:
                 report.problems.append((check.shard, f"{key} is also in {owner[key]}"))
             owner.setdefault(key, check.shard)
+    if index:
+        report.problems += [
+            (SAMPLE_INDEX, f"lists {shard}, which the manifest does not") for shard in sorted(index)
+        ]
     report.problems += _unlisted(out, {r["shard"] for r in rows})
     report.problems += _card_mismatch(out, rows)
     return report
+
+
+def _expectations(out: str) -> dict:
+    """What labels may hold, from the dataset card: k (cluster ids are 0..k-1) and the category names by
+    id (the card's list when it has one, else the 62 fMoW names). Missing parts are not checked."""
+    card: dict = {}
+    url = fsio.join(out, DATASET_CARD)
+    if fsio.exists(url):
+        try:
+            loaded = json.loads(fsio.read_bytes(url))
+            card = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            card = {}
+    k = card.get("k")
+    if not isinstance(k, int) or isinstance(k, bool):
+        k = (card.get("geo_clusters") or {}).get("k") if isinstance(card.get("geo_clusters"), dict) else None
+    listed = card.get("categories")
+    if isinstance(listed, list) and listed and all(isinstance(c, dict) for c in listed):
+        categories = {c.get("id"): c.get("name") for c in listed}  # the categories the shards hold
+    else:
+        categories = dict(enumerate(CATEGORIES))
+    return {"k": k if isinstance(k, int) else None, "categories": categories}
+
+
+def _label_problems(key: str, meta: object, expect: dict) -> list[str]:
+    """Cluster id within [0, k), category_index a known id whose name is the sample's category."""
+    if not isinstance(meta, dict):
+        return []
+    problems = []
+    k, cluster = expect.get("k"), meta.get("cluster")
+    if isinstance(cluster, int) and not isinstance(cluster, bool):
+        if cluster < 0 or (k is not None and cluster >= k):
+            problems.append(
+                f"{key}: cluster {cluster} is outside 0..{k - 1 if k else '?'} (k={k} in the card)"
+            )
+    categories = expect.get("categories") or {}
+    index, name = meta.get("category_index"), meta.get("category")
+    if categories and isinstance(index, int) and not isinstance(index, bool):
+        if index not in categories:
+            problems.append(f"{key}: category_index {index} is not a category id (0..{max(categories)})")
+        elif isinstance(name, str) and categories[index] != name:
+            problems.append(f"{key}: category {name!r} but category_index {index} is {categories[index]!r}")
+    return problems
 
 
 def _unlisted(out: str, listed: set[str]) -> list[tuple[str, str]]:
@@ -246,3 +318,40 @@ def _card_mismatch(out: str, rows: list[dict]) -> list[tuple[str, str]]:
         if have != card:
             problems.append((DATASET_CARD, f"{split}: manifest has {have}, card says {card}"))
     return problems
+
+
+def _layout(out: str) -> str:
+    """The sample layout the dataset card declares ("locations" when the card or the key is absent)."""
+    try:
+        return json.loads(fsio.read_bytes(fsio.join(out, DATASET_CARD))).get("layout") or "locations"
+    except (OSError, ValueError, AttributeError):
+        return "locations"
+
+
+def _read_sample_index(out: str) -> dict[str, dict[str, list]] | None:
+    """shard -> key -> [(member, offset, size)] from OUT/sample_index.parquet; None when there is none."""
+    url = fsio.join(out, SAMPLE_INDEX)
+    if not fsio.exists(url):
+        return None
+    table = read_table(url, "sample_index", columns=["shard", "key", "members"])
+    index: dict[str, dict[str, list]] = {}
+    for shard, key, members in zip(
+        *(table.column(c).to_pylist() for c in ("shard", "key", "members")), strict=True
+    ):
+        index.setdefault(shard, {})[key] = [(m["name"], m["offset"], m["size"]) for m in members]
+    return index
+
+
+def _index_mismatch(check: ShardCheck, listed: dict[str, list]) -> list[tuple[str, str]]:
+    """The sample index must list every sample of the shard with its members' true offsets and sizes."""
+    problems = []
+    for key in sorted(set(check.spans) - set(listed)):
+        problems.append((SAMPLE_INDEX, f"{check.shard}: {key} is not listed"))
+    for key in sorted(set(listed) - set(check.spans)):
+        problems.append((SAMPLE_INDEX, f"{check.shard}: lists {key}, which the shard does not hold"))
+    for key in sorted(set(listed) & set(check.spans)):
+        if sorted(listed[key]) != sorted(check.spans[key]):
+            problems.append((SAMPLE_INDEX, f"{check.shard}: member offsets of {key} differ from the tar"))
+    return problems[:_SHOWN] + (
+        [(SAMPLE_INDEX, f"{check.shard}: {len(problems) - _SHOWN} more")] if len(problems) > _SHOWN else []
+    )

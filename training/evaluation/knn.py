@@ -8,6 +8,7 @@ k=200, T=0.1. Used as the online monitor during pretraining and by `geo-eval knn
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,7 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
+
+
+def require_labels(*sets: Features) -> None:
+    """Anonymised fMoW splits (test/, seq/) carry category -1: there is nothing to score them against."""
+    for features in sets:
+        if len(features.labels) and int(features.labels.min()) < 0:
+            raise GeoSSLError(
+                "these samples have no category label (category_index -1, e.g. fMoW's anonymised test/seq "
+                "splits): evaluate on a labelled split such as train or val"
+            )
 
 
 @dataclass
@@ -95,8 +107,11 @@ def knn_predict(
 
 def knn_top1(bank: Features, query: Features, k: int = 200, T: float = 0.1) -> dict:
     """Top-1 accuracy (%) of kNN on `query` with `bank` as the labelled memory."""
+    if k < 1 or not (T > 0 and math.isfinite(T)):
+        raise ValueError(f"kNN needs k >= 1 and a finite T > 0 (k={k}, T={T})")
     if len(bank.labels) == 0 or len(query.labels) == 0:
         raise ValueError("kNN needs a non-empty bank and query set")
+    require_labels(bank, query)
     n_classes = int(max(bank.labels.max(), query.labels.max())) + 1
     pred = knn_predict(query.feats, bank.feats, bank.labels, n_classes, k=k, T=T)
     top1 = (pred == query.labels).float().mean().item() * 100

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geo_ssl.pipeline.common.progress import progress
-from geo_ssl.training.evaluation.knn import Features, extract_features
+from geo_ssl.training.evaluation.knn import Features, extract_features, require_labels
 from geo_ssl.training.trainer.schedule import LrFactor
 
 
@@ -96,6 +96,7 @@ def linear_probe(
     )
     if len(train.labels) == 0 or len(val.labels) == 0:
         raise ValueError("linear probe needs labelled images in both splits")
+    require_labels(train, val)
     n_classes = int(max(train.labels.max(), val.labels.max())) + 1
     result = train_linear(train, val, n_classes, **train_kwargs)
     assert_unchanged(backbone, before)

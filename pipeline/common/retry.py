@@ -1,0 +1,229 @@
+"""Retries for storage I/O: a failing read is an outage, not bad data.
+
+A GET that still fails after botocore's and s3fs's own retries (503 SlowDown, connection refused or
+reset, timeouts) or a local EIO is retried here with exponential backoff. If it keeps failing, the
+caller gets a `StorageError`: it is deliberately not an OSError, so no decoder's `except OSError` can
+turn it into a reject row. Stages let it fail the unit of work (a shard, an index part), record nothing
+for it, and exit with `EXIT_STORAGE` so that a rerun of the same command completes it.
+
+Errors that retrying cannot fix pass through unchanged: a missing file, a folder where a file was
+expected, a refused permission (those are data or user errors the caller already handles). Missing or
+rejected credentials become a `StorageError` at once, with exit code 2 (a setup mistake).
+
+Attempts and backoff: `GEO_SSL_IO_ATTEMPTS` (default 4) and `GEO_SSL_IO_BACKOFF` (seconds before the
+first retry, doubled each time, default 0.5).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Exit code of a command stopped by storage that kept failing; nothing was lost, rerun to complete.
+EXIT_STORAGE = 3
+#: Exit code of a user or setup mistake (also used for missing credentials).
+EXIT_USAGE = 2
+
+_PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+_CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec", "s3fs")
+_MAX_SLEEP = 30.0
+
+
+class StorageError(Exception):
+    """Storage kept failing (or refused the credentials); the unit of work was not recorded."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_STORAGE) -> None:
+        super().__init__(message, exit_code)
+        self.message = message
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        out.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def credentials_problem(exc: BaseException) -> bool:
+    """True when the exception (or its cause) says the credentials are missing or wrong."""
+    for e in _chain(exc):
+        if type(e).__name__ in _CREDENTIAL_ERRORS:
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") in _CREDENTIAL_CODES:
+            return True
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would trying again plausibly succeed? (Outages, throttling, timeouts, EIO: yes. Missing files: no.)"""
+    if isinstance(exc, StorageError) or isinstance(exc, _PERMANENT) or credentials_problem(exc):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if type(exc).__module__.split(".")[0] in _TRANSIENT_MODULES:
+        return True
+    # An OSError from the OS or s3fs carries an errno (EIO, EBUSY for 503...); pyarrow and Pillow raise
+    # OSError without one for bad bytes, which no retry fixes.
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception, without the request dump botocore puts in some messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > 240:
+        text = text[:237] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def attempts() -> int:
+    try:
+        return max(1, int(os.environ.get("GEO_SSL_IO_ATTEMPTS", "4")))
+    except ValueError:
+        return 4
+
+
+def backoff() -> float:
+    try:
+        return max(0.0, float(os.environ.get("GEO_SSL_IO_BACKOFF", "0.5")))
+    except ValueError:
+        return 0.5
+
+
+def retry_io(fn: Callable[[], T], what: str, tries: int | None = None, delay: float | None = None) -> T:
+    """Call `fn`; retry transient I/O errors with exponential backoff (and jitter), then raise StorageError.
+
+    `what` names the operation for the message ("reading s3://bucket/key")."""
+    tries = attempts() if tries is None else max(1, tries)
+    delay = backoff() if delay is None else delay
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as exc:
+            if credentials_problem(exc):
+                raise StorageError(
+                    f"{what}: object storage refused the credentials ({describe(exc)}); "
+                    "set them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and rerun",
+                    EXIT_USAGE,
+                ) from exc
+            if not is_transient(exc):
+                raise
+            if attempt == tries - 1:
+                raise StorageError(
+                    f"{what} failed {tries} times ({describe(exc)}); storage is failing or unreachable"
+                ) from exc
+            time.sleep(min(_MAX_SLEEP, delay * 2**attempt * (0.75 + 0.5 * random.random())))
+    raise AssertionError("unreachable")
+
+
+class RetryingReader:
+    """A read-only, seekable file over `opener(url)` whose reads are retried with `retry_io`.
+
+    After a failed read the file is reopened and positioned where the read began, so a decoder reading
+    through it sees either the right bytes or a StorageError, never a short read it would call corrupt."""
+
+    def __init__(self, opener: Callable[[str], object], url: str) -> None:
+        self._opener = opener
+        self.url = url
+        self.name = url
+        self._f = None
+        self._pos = 0
+        retry_io(self._ensure, f"opening {url}")
+
+    def _ensure(self):
+        if self._f is None:
+            self._f = self._opener(self.url)
+            if self._pos:
+                self._f.seek(self._pos)
+        return self._f
+
+    def _do(self, op: Callable[[object], T]) -> T:
+        try:
+            return op(self._ensure())
+        except Exception:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # closing a broken connection may fail too; the data is not needed
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        data = retry_io(lambda: self._do(lambda f: f.read(n)), f"reading {self.url}")
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = retry_io(lambda: self._do(lambda f: f.seek(offset, whence)), f"reading {self.url}")
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> RetryingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_USER_ERRNOS = {
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS,
+    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+}  # fmt: skip
+
+
+def explain_failure(exc: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for an error a command line should report without a traceback, else None.
+
+    Storage that kept failing: exit 3 (nothing recorded for the failed units; rerun). Missing or refused
+    credentials, and local paths that cannot be used (a file where a folder is needed, no permission,
+    disk full): exit 2."""
+    if isinstance(exc, StorageError):
+        text = str(exc)
+        if "rerun" not in text:
+            text += "; rerun the same command to resume"
+        return text, exc.exit_code
+    if credentials_problem(exc):
+        return (
+            f"object storage: no usable credentials ({describe(exc)}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and rerun",
+            EXIT_USAGE,
+        )
+    if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
+        where = exc.filename2 or exc.filename or "a path"  # filename2: the target of a rename
+        return f"{where}: {exc.strerror or describe(exc)}", EXIT_USAGE
+    if is_transient(exc):
+        return (
+            f"storage unreachable or failing ({describe(exc)}); nothing was lost: "
+            "rerun the same command when it is back",
+            EXIT_STORAGE,
+        )
+    return None
