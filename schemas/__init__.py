@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: GeoParquet geometry on every coordinate table, views layout, sample index,
+# box_clipped and category_index -1 (anonymised fMoW test/seq) in the image index
 #: Parquet key-value metadata keys written on every table.
 META_VERSION = b"geo_ssl_schema_version"
 META_TABLE = b"geo_ssl_table"
@@ -23,8 +24,8 @@ IMAGE_INDEX = pa.schema(
         pa.field("location_key", pa.string(), nullable=False),  # "{split}-{location_id}", unique
         pa.field("split", pa.string(), nullable=False),
         pa.field("category", pa.string(), nullable=False),
-        pa.field("category_index", pa.int16(), nullable=False),  # alphabetical index of the 62 names
-        pa.field("location_id", pa.string(), nullable=False),  # "{category}_{loc}", as in fMoW
+        pa.field("category_index", pa.int16(), nullable=False),  # index of the 62 names (-1: unknown)
+        pa.field("location_id", pa.string(), nullable=False),  # "{category}_{loc}"; test/seq: "{id}"
         pa.field("view_id", pa.int32(), nullable=False),
         pa.field("image_path", pa.string(), nullable=False),  # fsspec URL or local path
         pa.field("json_path", pa.string(), nullable=False),
@@ -41,6 +42,7 @@ IMAGE_INDEX = pa.schema(
         pa.field("img_height", pa.int32(), nullable=False),
         pa.field("file_size", pa.int64(), nullable=False),
         pa.field("geometry", pa.binary(), nullable=False),
+        pa.field("box_clipped", pa.bool_()),  # fMoW: the JSON box crossed the image edge, `box` is clipped
     ]
 )
 
@@ -57,6 +59,7 @@ LOCATIONS = pa.schema(
         pa.field("n_views", pa.int32(), nullable=False),
         pa.field("first_timestamp", UTC_MS, nullable=False),
         pa.field("last_timestamp", UTC_MS, nullable=False),
+        pa.field("geometry", pa.binary(), nullable=False),  # GeoParquet WKB point (lon, lat)
     ]
 )
 
@@ -69,6 +72,7 @@ CLUSTERS = pa.schema(
         pa.field("lon", pa.float64(), nullable=False),
         pa.field("cluster", pa.int32(), nullable=False),
         pa.field("distance_km", pa.float64(), nullable=False),  # great-circle distance to the centroid
+        pa.field("geometry", pa.binary(), nullable=False),  # GeoParquet WKB point (lon, lat)
     ]
 )
 
@@ -79,6 +83,7 @@ CENTROIDS = pa.schema(
         pa.field("lon", pa.float64(), nullable=False),
         pa.field("n_train_locations", pa.int64(), nullable=False),
         pa.field("n_locations", pa.int64(), nullable=False),  # all splits
+        pa.field("geometry", pa.binary(), nullable=False),  # GeoParquet WKB point (lon, lat)
     ]
 )
 
@@ -109,6 +114,83 @@ SHARD_MANIFEST = pa.schema(
     ]
 )
 
+#: Where each member of a sample lies inside its tar: name, byte offset of the data, size in bytes.
+MEMBER = pa.struct(
+    [
+        pa.field("name", pa.string(), nullable=False),  # "jpg", "00.jpg", "json", "cls", ...
+        pa.field("offset", pa.int64(), nullable=False),  # of the member's data (after its 512-byte header)
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
+
+#: One row per shard sample (sample_index.parquet beside the shards): DuckDB filters, random access.
+SAMPLE_INDEX = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # webdataset __key__
+        pa.field("shard", pa.string(), nullable=False),  # tar file name beside the index
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("location_key", pa.string(), nullable=False),
+        pa.field("view_index", pa.int32()),  # views layout: the view's place in time order; else null
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("category_index", pa.int16(), nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lon", pa.float64(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("views", pa.int32(), nullable=False),  # JPEG members in this sample
+        pa.field("location_views", pa.int32(), nullable=False),  # views stored for the location
+        pa.field("first_timestamp", UTC_MS, nullable=False),
+        pa.field("last_timestamp", UTC_MS, nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),  # first header of the sample in the tar
+        pa.field("size", pa.int64(), nullable=False),  # bytes from `offset` to the end of its last member
+        pa.field("members", pa.list_(MEMBER), nullable=False),
+        pa.field("geometry", pa.binary(), nullable=False),  # GeoParquet WKB point (lon, lat)
+    ]
+)
+
+#: GeoImageNet: one row per Flickr photo answered (harvest-flickr), from the API or the YFCC100M join.
+FLICKR_GEO = pa.schema(
+    [
+        pa.field("photo_id", pa.int64(), nullable=False),
+        pa.field("wnid", pa.string(), nullable=False),  # first ImageNet synset the photo backs
+        pa.field("status", pa.string(), nullable=False),  # ok | no_location | not_found | permission_denied
+        pa.field("source", pa.string(), nullable=False),  # api | yfcc
+        pa.field("lat", pa.float64()),
+        pa.field("lon", pa.float64()),
+        pa.field("accuracy", pa.int16()),  # Flickr accuracy level, 1 (world) .. 16 (street)
+        pa.field("context", pa.int8()),
+        pa.field("neighbourhood", pa.string()),
+        pa.field("locality", pa.string()),
+        pa.field("county", pa.string()),
+        pa.field("region", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("error_code", pa.int32()),  # Flickr error code of a photo-level answer
+        pa.field("error_message", pa.string()),
+        pa.field("attempts", pa.int16(), nullable=False),  # HTTP calls it took (0: from YFCC)
+        pa.field("answered_at", UTC_MS, nullable=False),
+    ]
+)
+
+#: GeoImageNet: one row per local image with harvested coordinates (index-imagenet). GeoParquet.
+GEOIMAGENET_IMAGES = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # "{wnid}_{index}", as in fall11_urls.txt
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("wnid", pa.string(), nullable=False),
+        pa.field("class_index", pa.int32(), nullable=False),  # position of the wnid in the sorted classes
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("photo_id", pa.int64(), nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lon", pa.float64(), nullable=False),
+        pa.field("accuracy", pa.int16()),
+        pa.field("country", pa.string()),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("img_width", pa.int32(), nullable=False),
+        pa.field("img_height", pa.int32(), nullable=False),
+        pa.field("file_size", pa.int64(), nullable=False),
+        pa.field("geometry", pa.binary(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "image_index": IMAGE_INDEX,
     "locations": LOCATIONS,
@@ -116,6 +198,9 @@ TABLES: dict[str, pa.Schema] = {
     "centroids": CENTROIDS,
     "rejects": REJECTS,
     "shard_manifest": SHARD_MANIFEST,
+    "sample_index": SAMPLE_INDEX,
+    "flickr_geo": FLICKR_GEO,
+    "geoimagenet_images": GEOIMAGENET_IMAGES,
 }
 
 #: Reject reason codes (the closed set; tests and reports rely on it).
@@ -133,6 +218,13 @@ REJECT_REASONS = {
     "decode_error": "the image could not be decoded while writing shards",
     "no_cluster": "the location has no geo cluster",
     "no_views": "every view of the location was rejected",
+    # GeoImageNet (harvest-flickr URL lists, index-imagenet)
+    "malformed_line": "the URL-list line is not `{wnid}_{index}<TAB>{url}`",
+    "bad_key": "the URL-list key is not an ImageNet `{wnid}_{index}`",
+    "not_flickr": "the URL is not on a Flickr host",
+    "unrecognised_flickr_url": "a Flickr URL with no photo id in any known form",
+    "not_jpeg": "the image file is not a JPEG",
+    "no_coordinates": "Flickr has no location for the photo behind the image",
 }
 
 
@@ -149,12 +241,19 @@ def schema_for(table_name: str) -> pa.Schema:
     )
 
 
+#: Nullable columns added in a minor schema version; a table without them reads as null there.
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"image_index": ("box_clipped",)}
+
+
 def validate_table(table: pa.Table, table_name: str, source: str = "<table>") -> pa.Table:
     """Check columns, types and nullability; return the table cast to the canonical schema.
 
     Extra columns are an error: they would silently drift from the documented contract.
     """
     expected = TABLES[table_name]
+    for name in LATER_COLUMNS.get(table_name, ()):  # a table written before the column existed: nulls
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, expected.field(name).type))
     have = set(table.column_names)
     want = set(expected.names)
     if missing := sorted(want - have):

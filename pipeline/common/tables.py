@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import retry_io
 from geo_ssl.schemas import SchemaError, check_metadata, schema_for, validate_table
 
-#: GeoParquet 1.0 metadata for the image index's point column.
+#: GeoParquet 1.0 metadata for the point column of every table with coordinates.
 _GEO_META = {
     "version": "1.0.0",
     "primary_column": "geometry",
@@ -25,12 +27,43 @@ _GEO_META = {
 }
 
 
+def point_geometry(lon, lat) -> pa.Array:
+    """WKB points (lon, lat) for a GeoParquet `geometry` column."""
+    import shapely
+
+    lon = np.asarray(lon, dtype=np.float64)
+    lat = np.asarray(lat, dtype=np.float64)
+    return pa.array(shapely.to_wkb(shapely.points(lon, lat)).tolist(), type=pa.binary())
+
+
+def _geo_meta(table: pa.Table) -> dict:
+    """GeoParquet metadata, with the bounding box of the points when there are any."""
+    meta = json.loads(json.dumps(_GEO_META))
+    if table.num_rows and {"lon", "lat"} <= set(table.column_names):
+        lon, lat = table.column("lon").to_numpy(), table.column("lat").to_numpy()
+        bbox = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+        meta["columns"]["geometry"]["bbox"] = bbox
+    return meta
+
+
 def write_table(table: pa.Table, url: str, table_name: str) -> None:
-    """Validate against the named schema and write atomically (temp file, then rename/PUT)."""
+    """Validate against the named schema and write atomically (temp file, then rename/PUT).
+
+    A table whose schema has a `geometry` column is written as GeoParquet 1.0; when the caller gives
+    only `lat`/`lon`, the WKB points are made here, so every table with coordinates opens in geopandas.
+    """
+    if (
+        "geometry" in schema_for(table_name).names
+        and "geometry" not in table.column_names
+        and {"lat", "lon"} <= set(table.column_names)
+    ):
+        table = table.append_column(
+            "geometry", point_geometry(table.column("lon").to_numpy(), table.column("lat").to_numpy())
+        )
     table = validate_table(table, table_name, source=url)
     if "geometry" in table.column_names:
         meta = dict(table.schema.metadata or {})
-        meta[b"geo"] = json.dumps(_GEO_META).encode()
+        meta[b"geo"] = json.dumps(_geo_meta(table)).encode()
         table = table.replace_schema_metadata(meta)
     with fsio.atomic_local_path(url) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -41,11 +74,15 @@ def read_table(url: str, table_name: str, columns: list[str] | None = None) -> p
     fs, path = fsio.get_fs(url)
     if not fs.exists(path):
         raise GeoSSLError(f"{url}: file not found (run the stage that writes the {table_name} table first)")
-    try:
+
+    def read() -> pa.Table:
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             check_metadata(pf.schema_arrow, table_name, url)
             return pf.read(columns=columns)
+
+    try:  # storage errors are retried, then raise retry.StorageError (exit 3), never "not Parquet"
+        return retry_io(read, f"reading {url}")
     except SchemaError as exc:
         raise GeoSSLError(str(exc)) from exc
     except (pa.ArrowInvalid, OSError) as exc:

@@ -6,9 +6,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
+from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+#: Sample layouts of write-shards (schemas/SAMPLE_FORMAT.md): one sample per location, or per view.
+LAYOUTS = ("locations", "views")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
           "g": 1e9, "gb": 1e9, "gib": 1024**3, "t": 1e12, "tb": 1e12, "tib": 1024**4}  # fmt: skip
 
@@ -53,6 +56,7 @@ class ShardOptions:
     upscale: bool = False
     dct: bool = True  # decode large JPEGs at 1/2, 1/4, 1/8 scale when the result still exceeds the target
     splits: tuple[str, ...] | None = None  # None = every split in the index
+    layout: str = "locations"  # "locations": one sample per location; "views": one sample per view
 
     def __post_init__(self) -> None:
         self.context = parse_context(self.context)
@@ -65,8 +69,15 @@ class ShardOptions:
             raise GeoSSLError("--shard-bytes must be positive")
         if int(self.workers) < 1:
             raise GeoSSLError("--workers must be at least 1")
+        check_seed(self.seed)
         if self.splits is not None:
+            if isinstance(self.splits, str):
+                raise GeoSSLError(f"splits must be a list of split names, not the string {self.splits!r}")
             self.splits = tuple(self.splits)
+            if not self.splits or not all(isinstance(s, str) and s.strip() for s in self.splits):
+                raise GeoSSLError(f"splits {list(self.splits)!r} names no split; give e.g. train,val")
+        if self.layout not in LAYOUTS:
+            raise GeoSSLError(f"--layout {self.layout!r} unknown; use one of: {', '.join(LAYOUTS)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)

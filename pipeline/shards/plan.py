@@ -173,9 +173,9 @@ def make_plan(images: pa.Table, clusters: pa.Table, options: ShardOptions) -> Pl
                 "split": splits[a], "location_key": key,
             })  # fmt: skip
             continue
-        est = fixed + sum(
+        est = fixed * (b - a if options.layout == "views" else 1) + sum(
             estimate_view_bytes(boxes[j], (widths[j], heights[j]), options) for j in range(a, b)
-        )
+        )  # the views layout has a json and cls member per view
         by_split.setdefault(splits[a], []).append((i, est))
         kept[key] = cluster_of[key]
 

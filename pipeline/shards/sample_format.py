@@ -35,6 +35,16 @@ VIEW_KEYS: dict[str, tuple] = {
     "orig_size": (list,),
     "size": (list,),
 }
+#: The json of one sample in the views layout: the location's keys (no `views` list), the view's record
+#: (no `field`: the image is always the `jpg` member), and where the view sits in its location.
+VIEW_SAMPLE_KEYS: dict[str, tuple] = {
+    **{k: t for k, t in SAMPLE_KEYS.items() if k != "views"},
+    "location_key": (str,),
+    "view_index": (int,),
+    **{k: t for k, t in VIEW_KEYS.items() if k != "field"},
+}
+#: The members of every sample in the views layout.
+VIEW_MEMBERS = ("cls", "jpg", "json")
 _LENGTHS = {"box": 4, "orig_box": 4, "crop": 4, "orig_size": 2, "size": 2}
 FIELD_RE = re.compile(r"^\d{2,}\.jpg$")
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")
@@ -117,4 +127,37 @@ def _check_view(i: int, view: object) -> list[str]:
         problems.append(f"view {i} field {view['field']!r} is not NN.jpg")
     if not TIMESTAMP_RE.match(view["timestamp"]):
         problems.append(f"view {i} timestamp {view['timestamp']!r} is not ISO 8601 UTC")
+    return problems
+
+
+def check_view_sample(
+    meta: object, fields: Iterable[str] | None = None, cls: bytes | str | None = None
+) -> list[str]:
+    """Problems of one sample of the views layout (one view per sample; empty when it conforms)."""
+    if not isinstance(meta, dict):
+        return ["json is not an object"]
+    problems = _missing_or_mistyped(meta, VIEW_SAMPLE_KEYS, "json")
+    if problems:
+        return problems
+    if meta["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        problems.append(f"schema_version {meta['schema_version']} is not compatible with {SCHEMA_VERSION}")
+    if "." in meta["key"]:
+        problems.append(f"key {meta['key']!r} contains a dot")
+    if meta["key"] != f"{meta['location_key']}-v{meta['view_index']:02d}":
+        problems.append(f"key {meta['key']!r} is not location_key-vNN for view {meta['view_index']}")
+    if not (-90 <= meta["lat"] <= 90 and -180 <= meta["lon"] <= 180):
+        problems.append(f"lat/lon {meta['lat']}, {meta['lon']} out of range")
+    if not 0 <= meta["view_index"] < meta["n_views"]:
+        problems.append(f"view_index {meta['view_index']} outside 0..n_views-1 (n_views {meta['n_views']})")
+    for k, n in _LENGTHS.items():
+        if len(meta[k]) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in meta[k]):
+            problems.append(f"json {k!r} is not {n} integers")
+    if not TIMESTAMP_RE.match(meta["timestamp"]):
+        problems.append(f"timestamp {meta['timestamp']!r} is not ISO 8601 UTC")
+    if fields is not None and sorted(fields) != list(VIEW_MEMBERS):
+        problems.append(f"members {sorted(fields)}, the views layout has exactly {list(VIEW_MEMBERS)}")
+    if cls is not None:
+        text = cls.decode("ascii", "replace") if isinstance(cls, bytes) else str(cls)
+        if text.strip() != str(meta["cluster"]):
+            problems.append(f"cls {text!r} differs from json cluster {meta['cluster']}")
     return problems

@@ -46,6 +46,11 @@ def view_field(i: int) -> str:
     return f"{i:02d}.jpg"
 
 
+def _padded(size: int) -> int:
+    """Bytes a member's data takes in the tar: rounded up to whole 512-byte blocks."""
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -56,15 +61,16 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _open(url: str):
-    fs, path = fsio.get_fs(url)
-    return fs.open(path, "rb")
+def _open(url: str) -> io.BytesIO:
+    """The whole view, read with retries: a storage outage raises retry.StorageError and fails the shard
+    (a rerun writes it), so a flaky GET never becomes a decode_error reject."""
+    return io.BytesIO(fsio.read_bytes(url))
 
 
-def encode_location(location: dict, opts: dict, schema_version: str) -> tuple[dict | None, list[dict], dict]:
-    """(members by field or None, reject rows, {dct scale: views}) for one location."""
-    members: dict[str, bytes] = {}
-    views, rejects, scales = [], [], {}
+def _encode_views(location: dict, opts: dict) -> tuple[list[tuple[bytes, dict]], list[dict], dict]:
+    """([(jpeg, view record)] oldest first, reject rows, {dct scale: views}) for one location."""
+    encoded: list[tuple[bytes, dict]] = []
+    rejects, scales = [], {}
     for view in location["views"]:
         try:
             with _open(view["image_path"]) as f:
@@ -75,28 +81,56 @@ def encode_location(location: dict, opts: dict, schema_version: str) -> tuple[di
         except RejectError as exc:
             rejects.append(_reject(location, view["image_path"], exc.reason, exc.detail))
             continue
-        except OSError as exc:  # opening the file failed (permissions, network)
+        except OSError as exc:  # the file is missing or unreadable (permissions); outages raise StorageError
             rejects.append(
                 _reject(location, view["image_path"], "missing_image", f"{type(exc).__name__}: {exc}")
             )
             continue
-        field = view_field(len(views))
-        members[field] = img.jpeg
         scales[img.scale] = scales.get(img.scale, 0) + 1
-        views.append({
-            "field": field, "view_id": view["view_id"], "timestamp": view["timestamp"], "gsd": view["gsd"],
-            "cloud_cover": view["cloud_cover"], "box": list(img.box), "orig_box": view["box"],
-            "crop": list(img.crop), "orig_size": list(img.orig_size), "size": list(img.size),
-        })  # fmt: skip
-    if not views:
+        encoded.append((img.jpeg, {
+            "field": view_field(len(encoded)), "view_id": view["view_id"], "timestamp": view["timestamp"],
+            "gsd": view["gsd"], "cloud_cover": view["cloud_cover"], "box": list(img.box),
+            "orig_box": view["box"], "crop": list(img.crop), "orig_size": list(img.orig_size),
+            "size": list(img.size),
+        }))  # fmt: skip
+    return encoded, rejects, scales
+
+
+def _dumps(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+#: Views layout: what stands for an unknown value, so every sample's json has the same types (schema
+#: inference from the first samples, as Hugging Face datasets does it, then holds for all of them).
+UNKNOWN = {"country_code": "", "gsd": -1.0, "cloud_cover": -1.0}
+
+
+def _no_nulls(meta: dict) -> dict:
+    return {k: v for k, v in UNKNOWN.items() if meta.get(k) is None}
+
+
+def view_key(location_key: str, view_index: int) -> str:
+    """Sample key of one view in the views layout: `{location_key}-v{NN}` (no dots)."""
+    return f"{location_key}-v{view_index:02d}"
+
+
+def encode_location(
+    location: dict, opts: dict, schema_version: str
+) -> tuple[list[tuple[str, dict[str, bytes], dict]], list[dict], dict]:
+    """([(sample key, members by field, sample-index entry)], reject rows, {dct scale: views}) for one location.
+
+    Layout "locations" (default) gives one sample with every view; "views" one sample per view, each with
+    the fixed members jpg, json and cls (schemas/SAMPLE_FORMAT.md). No sample when every view failed.
+    """
+    encoded, rejects, scales = _encode_views(location, opts)
+    if not encoded:
         folder = (
             location["views"][0]["image_path"].rsplit("/", 1)[0] if location["views"] else location["key"]
         )
         rejects.append(_reject(location, folder, "no_views", f"all {len(location['views'])} view(s) failed"))
-        return None, rejects, scales
-    meta = {
+        return [], rejects, scales
+    common = {
         "schema_version": schema_version,
-        "key": location["key"],
         "location_id": location["location_id"],
         "split": location["split"],
         "category": location["category"],
@@ -105,12 +139,36 @@ def encode_location(location: dict, opts: dict, schema_version: str) -> tuple[di
         "lon": location["lon"],
         "cluster": location["cluster"],
         "country_code": location["country_code"],
-        "n_views": len(views),
-        "views": views,
+        "n_views": len(encoded),
     }
-    members["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    members["cls"] = str(location["cluster"]).encode("ascii")
-    return members, rejects, scales
+    common.update(location.get("extra") or {})  # data-set fields from sample_extras.parquet (GeoImageNet)
+    cls = str(location["cluster"]).encode("ascii")
+    entry = {k: location[k] for k in ("split", "category", "category_index", "lat", "lon", "cluster")} | {
+        "location_key": location["key"],
+        "location_views": len(encoded),
+    }
+    if opts.get("layout", "locations") == "views":
+        samples = []
+        for i, (jpeg, view) in enumerate(encoded):
+            key = view_key(location["key"], i)
+            meta = {**common, "key": key, "location_key": location["key"], "view_index": i}
+            meta.update({k: v for k, v in view.items() if k != "field"})
+            meta.update(_no_nulls(meta))
+            stamp = view["timestamp"]
+            samples.append((key, {"jpg": jpeg, "json": _dumps(meta), "cls": cls}, {
+                **entry, "view_index": i, "views": 1, "first_timestamp": stamp, "last_timestamp": stamp,
+            }))  # fmt: skip
+        return samples, rejects, scales
+    views = [view for _, view in encoded]
+    members = {view["field"]: jpeg for jpeg, view in encoded}
+    members["json"] = _dumps({**common, "key": location["key"], "views": views})
+    members["cls"] = cls
+    stamps = {"first_timestamp": views[0]["timestamp"], "last_timestamp": views[-1]["timestamp"]}
+    return (
+        [(location["key"], members, {**entry, "view_index": None, "views": len(views), **stamps})],
+        rejects,
+        scales,
+    )
 
 
 def _reject(location: dict, path: str, reason: str, detail: str) -> dict:
@@ -131,27 +189,33 @@ def write_shard(task: dict) -> dict:
     if old is not None and old.get("fingerprint") == task["fingerprint"] and shard_matches(out, old):
         return {**old, "status": "skipped"}
 
-    samples = views = 0
+    samples = views = written_locations = 0
     first = last = None
     rejects: list[dict] = []
     scales: dict[int, int] = {}
+    index: list[dict] = []
     with fsio.atomic_local_path(fsio.join(out, name)) as tmp:
         with open(tmp, "wb") as raw:
             sink = _HashingWriter(raw)
             with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for location in task["locations"]:
-                    members, bad, used = encode_location(location, task["options"], task["schema_version"])
+                    encoded, bad, used = encode_location(location, task["options"], task["schema_version"])
                     rejects.extend(bad)
                     for s, n in used.items():
                         scales[s] = scales.get(s, 0) + n
-                    if members is None:
-                        continue
-                    for field in sorted(members):
-                        _add_member(tar, f"{location['key']}.{field}", members[field])
-                    samples += 1
-                    views += len(members) - 2
-                    first = first or location["key"]
-                    last = location["key"]
+                    written_locations += bool(encoded)
+                    for key, members, entry in encoded:
+                        start, spans = tar.offset, []
+                        for field in sorted(members):
+                            _add_member(tar, f"{key}.{field}", members[field])
+                            size = len(members[field])
+                            spans.append([field, tar.offset - _padded(size), size])
+                        index.append({**entry, "key": key, "offset": start, "size": tar.offset - start,
+                                      "members": spans})  # fmt: skip
+                        samples += 1
+                        views += entry["views"]
+                        first = first or key
+                        last = key
             raw.flush()
             os.fsync(raw.fileno())
     record = {
@@ -161,6 +225,7 @@ def write_shard(task: dict) -> dict:
         "locations": len(task["locations"]),
         "samples": samples,
         "views": views,
+        "written_locations": written_locations,
         "bytes": sink.size,
         "sha256": sink.sha256.hexdigest(),
         "first_key": first,
@@ -170,6 +235,7 @@ def write_shard(task: dict) -> dict:
         "fingerprint": task["fingerprint"],
         "parameters": task["options"],
         "inputs": task["inputs"],
+        "index": index,  # sample-index entries: member offsets inside the tar (sample_index.parquet)
     }
     write_record(out, record)
     return {**record, "status": "written"}

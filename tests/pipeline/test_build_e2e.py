@@ -90,7 +90,8 @@ def test_validate_and_report(built: Path) -> None:
     assert "ok" in proc.stdout.lower()
     proc = run_cli("report", str(built))
     pngs = [Path(p) for p in proc.stdout.split()]
-    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert len(pngs) == 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)  # + contact sheet
+    assert pngs[-1].name == "contact_sheet.png"
 
 
 def test_rerun_skips_finished_stages(built: Path, synth_root: Path) -> None:

@@ -1,32 +1,40 @@
-"""`geo-export`: a pretrained query encoder as a plain torchvision ResNet backbone state_dict.
+"""`geo-export`: a pretrained query encoder as a plain ResNet backbone, in safetensors (default) or .pth.
 
-The output loads with `torchvision.models.resnet50().load_state_dict(sd, strict=False)` where only
-fc.weight and fc.bias are missing (and into timm ResNets, which share torchvision's names). Inputs:
-geo-pretrain checkpoints, official MoCo and GASSL checkpoints (`state_dict` with `module.encoder_q.*`;
-GASSL's `geo_dict` is left out), or an already exported backbone. A JSON card beside the output records
-the architecture, the source and the input normalisation.
+    geo-export RUN/checkpoint-last.pt resnet50-gassl.safetensors        # + .json card and .md model card
+    geo-export checkpoint_0199.pth.tar resnet50-gassl.pth --format pth
+
+The weights load into `torchvision.models.resnet50()` with `load_state_dict(sd, strict=False)` where only
+fc.weight and fc.bias are missing, and strictly into `timm.create_model("resnet50", num_classes=0)`
+(timm's ResNet keys are torchvision's). Inputs: geo-pretrain checkpoints, official MoCo and GASSL
+checkpoints (`state_dict` with `module.encoder_q.*`; GASSL's `geo_dict` is left out), or an already
+exported backbone (.pth or .safetensors). Beside the weights: OUT.json (machine-readable card) and OUT.md
+(the model card: architecture, method, data, preprocessing, training steps, loading code).
+
+torch is imported only once the input is known to be a weight file and the outputs are writable, so a
+mistake is refused in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING, Any
 
 from geo_ssl.pipeline import __version__
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import fsio, storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary
-from geo_ssl.training.models.backbone import ARCHS, build_resnet, infer_arch
-from geo_ssl.training.trainer.checkpoint import FORMAT, load_checkpoint
+from geo_ssl.pipeline.common.retry import explain_failure
+from geo_ssl.training.evaluation import model_card
+from geo_ssl.training.evaluation.weights_io import FORMATS, check_destination, encode_weights, read_weights
+
+if TYPE_CHECKING:
+    import torch
+    import torchvision
 
 #: Key prefixes of the query encoder in checkpoints we know, tried in order.
 ENCODER_PREFIXES = (
@@ -39,20 +47,30 @@ ENCODER_PREFIXES = (
 FC_KEYS = {"fc.weight", "fc.bias"}
 #: Input normalisation of the geo-ssl loader and of official MoCo/GASSL (ImageNet mean and std, RGB in [0, 1]).
 NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+#: Crop size of the official MoCo / GASSL recipes, for checkpoints that do not record theirs.
+DEFAULT_INPUT_SIZE = 224
+ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # = backbone.ARCHS, torch-free
 
 
 def backbone_state_dict(
     ckpt: dict[str, Any], where: str = "checkpoint"
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """(backbone state_dict without fc, description) from any supported checkpoint layout."""
+    from geo_ssl.training.trainer.checkpoint import FORMAT
+
     if ckpt.get("format") == FORMAT:
         from geo_ssl.training.models.methods import get_method
 
         sd, prefix = ckpt["model"], get_method(ckpt["method"]).backbone_prefix
         meta = {"source": "geo-ssl", "method": ckpt["method"], "step": ckpt["step"], "epoch": ckpt["epoch"]}
-        meta["image_size"] = ckpt["config"].get("image_size")
+        meta["config"] = dict(ckpt.get("config") or {})
+        meta["image_size"] = meta["config"].get("image_size")
     elif "conv1.weight" in ckpt:
         sd, prefix, meta = ckpt, "", {"source": "backbone"}
+        recorded = ckpt.get("__metadata__") or {}  # safetensors metadata of an earlier export
+        for key in ("arch", "method", "step"):
+            if recorded.get(key):
+                meta[key] = int(recorded[key]) if key == "step" else recorded[key]
     else:
         sd = ckpt.get("state_dict", ckpt.get("model"))
         if not isinstance(sd, dict):
@@ -65,7 +83,7 @@ def backbone_state_dict(
         meta = {"source": "gassl" if "geo_dict" in ckpt else "moco", "epoch": ckpt.get("epoch")}
         if isinstance(ckpt.get("arch"), str):
             meta["arch"] = ckpt["arch"]
-    encoder = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    encoder = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and k != "__metadata__"}
     backbone = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
     meta["dropped_head_tensors"] = len(encoder) - len(backbone)
     return backbone, meta
@@ -76,8 +94,24 @@ def _few(d: dict) -> str:
     return ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
 
 
+def resolve_arch(
+    where: str, backbone: dict[str, torch.Tensor], claimed: str | None = None, requested: str | None = None
+) -> str:
+    """The ResNet depth of `backbone`; a checkpoint's claim or --arch that disagrees names both archs."""
+    from geo_ssl.training.models.backbone import infer_arch
+
+    actual = infer_arch(backbone)
+    if claimed and claimed != actual:
+        raise GeoSSLError(f"{where}: checkpoint says arch {claimed}, but its weights are {actual}")
+    if requested and requested != actual:
+        raise GeoSSLError(f"{where}: --arch {requested} asked, but the weights are {actual}")
+    return actual
+
+
 def to_torchvision(backbone: dict[str, torch.Tensor], arch: str | None = None) -> torchvision.models.ResNet:
     """Load a backbone state_dict into a fresh torchvision ResNet, checking that only fc is missing."""
+    from geo_ssl.training.models.backbone import build_resnet, infer_arch
+
     arch = arch or infer_arch(backbone)
     model = build_resnet(arch)
     try:
@@ -95,49 +129,133 @@ def to_torchvision(backbone: dict[str, torch.Tensor], arch: str | None = None) -
 def load_backbone(
     url: str, arch: str | None = None, trusted: bool = False
 ) -> tuple[torchvision.models.ResNet, dict]:
-    """A torchvision ResNet with pretrained weights from any supported file, or 'random' (needs arch)."""
+    """A torchvision ResNet with pretrained weights from any supported file (.pt/.pth/.pth.tar/.safetensors),
+    or 'random' (needs arch)."""
+    import torch
+
+    from geo_ssl.training.models.backbone import build_resnet
+
     if url == "random":
         if arch is None:
             raise GeoSSLError("--weights random needs --arch")
         with torch.random.fork_rng(devices=[]):  # the same random network every time
             torch.manual_seed(0)
             return build_resnet(arch), {"source": "random", "arch": arch, "seed": 0}
-    backbone, meta = backbone_state_dict(load_checkpoint(url, trusted=trusted), where=url)
-    arch = arch or infer_arch(backbone)
-    if meta.get("arch") and meta["arch"] != arch:
-        raise GeoSSLError(f"{url}: checkpoint says arch {meta['arch']}, but its weights are {arch}")
-    meta["arch"] = arch
-    return to_torchvision(backbone, arch), meta
+    content, fmt = read_weights(url, trusted=trusted)
+    backbone, meta = backbone_state_dict(content, where=url)
+    meta.pop("config", None)
+    meta["arch"] = resolve_arch(url, backbone, meta.get("arch"), arch)
+    meta["file_format"] = fmt
+    return to_torchvision(backbone, meta["arch"]), meta
 
 
-def export_backbone(src: str, dst: str, arch: str | None = None, trusted: bool = False) -> dict[str, Any]:
-    """Write the backbone of `src` to `dst` (+ `dst`.json card); returns the card."""
-    ckpt = load_checkpoint(src, trusted=trusted)
-    backbone, meta = backbone_state_dict(ckpt, where=src)
-    del ckpt
-    arch = arch or meta.get("arch") or infer_arch(backbone)
-    to_torchvision(backbone, arch)  # refuse to write weights that would not load
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in backbone.items()}, buf)
-    data = buf.getvalue()
+def output_format(out: str, fmt: str | None) -> str:
+    """The format to write: --format, else the suffix of OUT (.safetensors / .pth / .pt), else safetensors."""
+    lower = out.lower()
+    by_suffix = (
+        "safetensors"
+        if lower.endswith(".safetensors")
+        else "pth"
+        if lower.endswith((".pth", ".pt"))
+        else None
+    )
+    if fmt and by_suffix and fmt != by_suffix:
+        raise GeoSSLError(f"{out}: the name says {by_suffix}, but --format {fmt}; make them agree")
+    return fmt or by_suffix or "safetensors"
+
+
+def card_paths(dst: str) -> dict[str, str]:
+    """Where the JSON card and the Markdown model card of `dst` go."""
+    return {"json": dst + ".json", "md": dst + ".md"}
+
+
+def _data_description(config: dict[str, Any]) -> dict[str, Any]:
+    """What the run trained on: the run config's data path and split, plus the shard folder's dataset.json."""
+    if not config.get("data"):
+        return {}
+    out: dict[str, Any] = {"shards": config["data"], "split": config.get("split", "train")}
+    try:  # best effort: the shard folder may be gone or on storage this machine cannot reach
+        card = json.loads(fsio.read_bytes(fsio.join(config["data"], "dataset.json")))
+        out["name"] = card.get("name")
+        out["fingerprint"] = card.get("fingerprint")
+        split = (card.get("splits") or {}).get(out["split"]) or {}
+        out["locations"], out["views"] = split.get("samples"), split.get("views")
+    except Exception:  # any failure only leaves these fields out of the card
+        pass
+    if config.get("n_clusters"):
+        out["geo_clusters"] = config["n_clusters"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _write(url: str, data: bytes) -> None:
+    try:
+        fsio.atomic_write_bytes(url, data)
+    except OSError as exc:
+        raise GeoSSLError(f"{url}: cannot write ({exc.strerror or exc})") from None
+
+
+def export_backbone(
+    src: str, dst: str, arch: str | None = None, trusted: bool = False, fmt: str | None = None
+) -> dict[str, Any]:
+    """Write the backbone of `src` to `dst` (+ `dst`.json card and `dst`.md model card); returns the card."""
+    fmt = output_format(dst, fmt)
+    paths = card_paths(dst)
+    for path in (dst, *paths.values()):
+        check_destination(path)
+    content, _ = read_weights(src, trusted=trusted)
+    backbone, meta = backbone_state_dict(content, where=src)
+    del content
+    arch = resolve_arch(src, backbone, meta.get("arch"), arch)
+    from geo_ssl.training.models.backbone import feature_dim
+
+    resnet = to_torchvision(backbone, arch)  # refuse to write weights that would not load
+    config = meta.pop("config", {})
+    size = int(meta.pop("image_size", None) or DEFAULT_INPUT_SIZE)
+    size_note = (
+        "the pretraining crop size"
+        if config.get("image_size")
+        else "the official MoCo/GASSL crop size; not recorded in the checkpoint"
+    )
+    preprocessing = {**NORMALIZE, "input_size": [3, size, size], "input_size_note": size_note}
+    method = meta.get("method") or meta["source"]
+    metadata = {
+        "format": "pt",
+        "arch": arch,
+        "method": str(method),
+        "source": meta["source"],
+        "input_size": json.dumps(preprocessing["input_size"]),
+        "mean": json.dumps(NORMALIZE["mean"]),
+        "std": json.dumps(NORMALIZE["std"]),
+        "geo_ssl_version": __version__,
+    }
+    if meta.get("step") is not None:
+        metadata["step"] = str(meta["step"])
+    data = encode_weights(backbone, fmt, metadata)
     sha = hashlib.sha256(data).hexdigest()
-    fsio.atomic_write_bytes(dst, data)
-    method = str(meta.get("method", meta["source"])).replace("+", "_")
+    _write(dst, data)
+    training = {k: config.get(k) for k in ("epochs", "batch_size", "lr", "temperature", "max_steps")}
     card = {
         **meta,
         "arch": arch,
+        "method": method,
         "from": src,
         "file": os.path.basename(dst),
+        "format": fmt,
         "sha256": sha,
         "tensors": len(backbone),
-        "normalize": NORMALIZE,
-        "torchgeo_style_name": f"{arch}_fmow_rgb_{method}-{sha[:8]}.pth",
-        "load": f"torchvision.models.{arch}().load_state_dict(torch.load(path), strict=False)  # fc missing",
+        "feature_dim": feature_dim(resnet),
+        "preprocessing": preprocessing,
+        "data": _data_description(config),
+        "training": {k: v for k, v in training.items() if v is not None},
+        "geo_ssl_version": __version__,
+        "torchgeo_style_name": f"{arch}_fmow_rgb_{str(method).replace('+', '_')}-{sha[:8]}{FORMATS[fmt]}",
+        "load": model_card.loading_code(arch, fmt, os.path.basename(dst)),
     }
     summary = Summary(stage="export", unit="tensors", inputs=len(backbone) + meta["dropped_head_tensors"])
     summary.written, summary.skipped = len(backbone), meta["dropped_head_tensors"]
     card["summary"] = summary.as_dict()
-    fsio.atomic_write_text(dst + ".json", json.dumps(card, indent=1, sort_keys=True) + "\n")
+    _write(paths["json"], (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
+    _write(paths["md"], model_card.render(card).encode())
     print(summary.line() + f" (head tensors skipped) -> {dst}")
     return card
 
@@ -145,25 +263,45 @@ def export_backbone(src: str, dst: str, arch: str | None = None, trusted: bool =
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geo-export",
-        description="Export a pretrained query encoder as a torchvision ResNet state_dict (fc left out).",
+        description="Export a pretrained query encoder as a ResNet backbone (fc left out) with a model card.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("checkpoint", help="geo-pretrain checkpoint, official MoCo/GASSL .pth.tar, or a backbone")
-    p.add_argument("out", help="output .pth (a JSON card is written beside it)")
-    p.add_argument("--arch", choices=tuple(ARCHS), default=None, help="default: inferred from the weights")
+    p.add_argument(
+        "checkpoint",
+        help="geo-pretrain checkpoint, official MoCo/GASSL .pth.tar, or a backbone (.pth/.safetensors)",
+    )
+    p.add_argument(
+        "out", help="output weights; OUT.json (card) and OUT.md (model card) are written beside it"
+    )
+    p.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default=None,
+        help="default: from OUT's suffix (.safetensors, .pth/.pt), else safetensors",
+    )
+    p.add_argument("--arch", choices=ARCH_NAMES, default=None, help="default: inferred from the weights")
     p.add_argument("--trust", action="store_true", help="load with weights_only=False (only files you trust)")
+    storage.add_storage_flags(p)  # CHECKPOINT and OUT may be s3:// etc. URLs
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        card = export_backbone(args.checkpoint, args.out, arch=args.arch, trusted=args.trust)
+        storage.configure_from_args(args)
+        card = export_backbone(args.checkpoint, args.out, arch=args.arch, trusted=args.trust, fmt=args.format)
     except GeoSSLError as exc:
-        print(f"geo-export: error: {exc}", file=sys.stderr)
+        print(f"geo-export: error: {storage.redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # storage kept failing or cannot be reached: one line (codes in retry.py)
+        explained = explain_failure(exc)
+        if explained is None:
+            raise
+        print(f"geo-export: error: {storage.redact(explained[0])}", file=sys.stderr)
+        sys.exit(explained[1])
     print(
-        f"{card['arch']} backbone, sha256 {card['sha256'][:8]}; torchgeo-style name {card['torchgeo_style_name']}"
+        f"{card['arch']} backbone ({card['format']}), sha256 {card['sha256'][:8]}; "
+        f"model card {card_paths(args.out)['md']}"
     )
 
 

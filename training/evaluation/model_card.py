@@ -1,0 +1,105 @@
+"""The model card written beside an exported backbone: what it is, what it saw, how to feed it, how to load it.
+
+Hugging Face and timm users expect a short Markdown card next to the weights (on the Hub it is the
+repository's README.md). Everything in it comes from the export's JSON card, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: One line per method name of geo-pretrain (the paper's names in brackets).
+METHODS = {
+    "moco": "MoCo-v2: two augmentations of one image are the positive pair",
+    "moco+tp": "MoCo-v2 with temporal positives: two images of one location taken at different times (GASSL 'MoCo-v2+TP')",
+    "moco+geo": "MoCo-v2 plus a geo-location pretext loss: predict the K-means cluster of the image's coordinates (GASSL 'MoCo-v2+Geo')",
+    "moco+geo+tp": "MoCo-v2 with temporal positives and the geo-location loss (GASSL 'MoCo-v2+TP+Geo')",
+    "simclr": "SimCLR: two augmentations of one image, in-batch negatives",
+    "simclr+tp": "SimCLR with temporal positives",
+}
+
+
+def loading_code(arch: str, fmt: str, filename: str) -> dict[str, str]:
+    """Python snippets that load the file into torchvision's and timm's ResNet (tested by the suite)."""
+    if fmt == "safetensors":
+        imports, read = "from safetensors.torch import load_file\n", f'load_file("{filename}")'
+    else:
+        imports, read = "import torch\n", f'torch.load("{filename}", weights_only=True)'
+    torchvision_code = (
+        f"import torchvision\n{imports}"
+        f"model = torchvision.models.{arch}()\n"
+        f"missing, unexpected = model.load_state_dict({read}, strict=False)\n"
+        'assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected  # fc stays random: train or replace it'
+    )
+    timm_code = (
+        f"import timm\n{imports}"
+        f'model = timm.create_model("{arch}", pretrained=False, num_classes=0)  # no classifier: pooled features\n'
+        f"model.load_state_dict({read})  # strict: every key matches timm's ResNet"
+    )
+    return {"torchvision": torchvision_code, "timm": timm_code}
+
+
+def _row(name: str, value: Any) -> str:
+    return f"| {name} | {value} |"
+
+
+def render(card: dict[str, Any]) -> str:
+    """Markdown model card from the export's JSON card."""
+    arch, method = card["arch"], card.get("method") or card.get("source", "unknown")
+    pre, data, train = card["preprocessing"], card.get("data") or {}, card.get("training") or {}
+    size = pre["input_size"]
+    lines = [
+        f"# {arch} backbone, self-supervised with {method} (geo-ssl)",
+        "",
+        f"A torchvision `{arch}` without its classifier: the weights of everything before `fc`, whose output "
+        f"is a {card['feature_dim']}-d pooled feature. Exported by geo-export {card.get('geo_ssl_version', '')} "
+        f"from `{card['from']}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        _row("architecture", f"`{arch}` (torchvision and timm share the key names); `fc` not included"),
+        _row("method", f"`{method}`: {METHODS.get(str(method), 'recorded by the source checkpoint')}"),
+        _row("source", card["source"]),
+        _row(
+            "training",
+            f"{card['step']} optimizer steps" if card.get("step") is not None else "step count not recorded",
+        ),
+    ]
+    rows = {"epoch reached": card.get("epoch"), "epochs planned": train.get("epochs")}
+    rows.update({k.replace("_", " "): train.get(k) for k in ("batch_size", "lr", "temperature")})
+    lines += [_row(name, value) for name, value in rows.items() if value is not None]
+    if data:
+        lines.append(_row("data", "; ".join(f"{k}: {v}" for k, v in data.items())))
+    else:
+        lines.append(_row("data", "not recorded in the checkpoint"))
+    lines += [
+        _row(
+            "preprocessing",
+            f"RGB scaled to [0, 1], then normalised with mean {pre['mean']} and std {pre['std']}; "
+            f"input {size[1]} x {size[2]} ({pre['input_size_note']}); geo-eval feeds the shorter side "
+            f"resized to {size[1]}, centre-cropped",
+        ),
+        _row(
+            "file", f"`{card['file']}` ({card['format']}, {card['tensors']} tensors, sha256 {card['sha256']})"
+        ),
+        "",
+        "## Load with torchvision",
+        "",
+        "```python",
+        card["load"]["torchvision"],
+        "```",
+        "",
+        "## Load with timm",
+        "",
+        "```python",
+        card["load"]["timm"],
+        "```",
+        "",
+        "## Licence",
+        "",
+        "The weights were learned from the data named above; their use is subject to that data's licence "
+        "or terms (fMoW: the Functional Map of the World Challenge Public License; GeoImageNet: ImageNet's "
+        "terms of access and each Flickr photo's licence; see the geo-ssl README, section Licences).",
+        "",
+    ]
+    return "\n".join(lines)
