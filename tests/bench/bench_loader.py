@@ -1,40 +1,44 @@
-"""Benchmark the streaming loader: MoCo pairs per CPU core against the GASSL way of loading, the loader
-without augmentation against pure JPEG decode, and RSS over an epoch.
+"""Benchmark the streaming loader's CPU path: MoCo pairs per CPU core against the GASSL way of loading,
+the loader without augmentation against pure JPEG decode, where a pair's time goes, colour fidelity
+against torchvision, and memory over an epoch.
 
-    python -m tests.bench.bench_loader --out bench-out/loader [--locations 48] [--data DIR]
+    python -m tests.bench.bench_loader --out bench-out/loader [--rounds 3] [--batches 6] [--data DIR]
 
-Data: `synth-fmow --realistic-sizes` -> index-fmow -> cluster -> write-shards, i.e. the real pipeline
-(stored views: shorter side up to 448 px, JPEG q90). The build is cached in DATA (default OUT/data) and
-reused by later runs. The loader repeats the shards for as long as an epoch asks, so a few dozen
-locations are enough.
+Data: `synth-fmow --realistic-sizes` -> index-fmow -> cluster -> write-shards twice from the same index:
+"whole" (whole images, shorter side 448: the paper's size, the hard case) and "box" (box crops with
+context, shorter side <= 256). Cached in DATA (default OUT/data) and reused by later runs.
 
-Figures (all single-threaded torch; "per core" = items per CPU-second of every process involved):
-  (a) pairs/s/core with full MoCo-v2 augmentation, in-process (num_workers=0) and with 2 workers, against
-      a baseline over the same locations that loads as GASSL's temporal dataset did: glob the sibling
-      views of the anchor file, pick another at random, open both full-size JPEGs with PIL, Resize(448),
-      CenterCrop(448), then torchvision's MoCo-v2 transform on each.
-  (b) the loader with augment=False (decode + crop/resize + normalise) against a pure simplejpeg decode
-      loop over the chosen views' bytes already in memory: how close the loader gets to decode speed.
-  (d) RSS of the loader's process tree (main + workers) at start / middle / end of a long epoch with a
-      bounded shuffle buffer: it must stay flat.
-CPU time is measured, not only wall time, because the benchmark machine may be shared.
+Every figure is per core, one thread (torch and OpenCV), in-process: items per CPU-second of this
+process (the machine may be shared; CPU time, not wall time). The measurements run interleaved, round
+after round (baseline, whole, box, augment off, pure decode, ...), and each figure is the median over
+rounds, so a change of machine load hits all of them alike.
+  (a) pairs/s per core with full MoCo-v2 augmentation against a baseline over the same source images
+      that loads as GASSL did: open the full-size JPEG with PIL, Resize(448), CenterCrop(448), then
+      torchvision's MoCo-v2 transform (Pillow blur), twice per pair.
+  (b) the loader with augment=False (decode + crop/resize + normalise) against a pure decode loop
+      (simplejpeg, same settings as the loader) over the stored views' bytes already in memory.
+  (c) where a pair's time goes: each stage of the CPU path timed alone on the same views.
+  (e) colour fidelity: mean absolute difference (levels of 255) of each jitter op against
+      torchvision.transforms.v2.functional on the same factors, over fixed stored views.
+  (d) PSS of the loader's process tree (main + 2 workers) at start / middle / end of a long epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -47,11 +51,13 @@ def _cpu_times() -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def build_data(data: Path, locations: int) -> tuple[Path, Path]:
-    """Shards and index from the real pipeline; reused when already there."""
-    shards, index = data / "shards", data / "index"
-    if (shards / "manifest.parquet").exists() and (index / "images.parquet").exists():
-        return shards, index
+def build_data(data: Path, locations: int) -> tuple[dict[str, Path], Path]:
+    """Two shard sets from the same source images and index, reused when already there:
+    "whole" = whole images, shorter side 448 (the paper's size, the hard case);
+    "box" = box crops with context, shorter side <= 256."""
+    index = data / "index"
+    sets = {"whole": (data / "shards-whole", {"resize": 448, "context": None}),
+            "box": (data / "shards-box", {"resize": 256, "context": "auto"})}  # fmt: skip
     from geo_ssl.pipeline.cluster import cluster
     from geo_ssl.pipeline.fmow.index import index_fmow
     from geo_ssl.pipeline.fmow.synth import synth_fmow
@@ -60,21 +66,27 @@ def build_data(data: Path, locations: int) -> tuple[Path, Path]:
 
     workers = min(2, os.cpu_count() or 1)
     t = time.perf_counter()
-    synth_fmow(str(data / "fmow"), locations=locations, seed=0, realistic_sizes=True, workers=workers)
-    index_fmow(str(data / "fmow"), str(index), workers=workers)
-    cluster(str(index), k=8)
-    write_shards(str(index), str(shards), options=ShardOptions(workers=workers, shard_bytes=4_000_000))
-    print(
-        f"built {locations} locations with the real pipeline in {time.perf_counter() - t:.0f} s", flush=True
-    )
-    return shards, index
+    if not (index / "images.parquet").exists():
+        synth_fmow(str(data / "fmow"), locations=locations, seed=0, realistic_sizes=True, workers=workers)
+        index_fmow(str(data / "fmow"), str(index), workers=workers)
+        cluster(str(index), k=8)
+    for out, opts in sets.values():
+        if not (out / "manifest.parquet").exists():
+            write_shards(
+                str(index), str(out), options=ShardOptions(workers=workers, shard_bytes=4_000_000, **opts)
+            )
+    print(f"data ready in {time.perf_counter() - t:.0f} s", flush=True)
+    return {name: out for name, (out, _) in sets.items()}, index
 
 
 # ---------------------------------------------------------------------------------------------- (a)
 
 
-def measure_loader(shards: Path, augment: bool, num_workers: int, batches: int, batch_size: int) -> dict:
-    """Pairs per wall second and per CPU second (main + worker processes)."""
+def measure_loader(
+    shards: Path, augment: bool, num_workers: int, batches: int, batch_size: int, decode: str = "cpu"
+) -> dict:
+    """Pairs per wall second and per CPU second (main + worker processes). decode="defer": the GPU
+    path's CPU side (read, select, shuffle, batch the JPEG bytes; nothing decoded)."""
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
 
     cfg = LoaderConfig(
@@ -85,6 +97,7 @@ def measure_loader(shards: Path, augment: bool, num_workers: int, batches: int, 
         num_workers=num_workers,
         shuffle_buffer=100,
         epoch_samples=batch_size * (batches + 1),
+        decode=decode,
     )
     loader = pretrain_loader(cfg)
     it = iter(loader)
@@ -96,8 +109,9 @@ def measure_loader(shards: Path, augment: bool, num_workers: int, batches: int, 
     self0, kids0 = _cpu_times()
     t0 = time.perf_counter()
     pairs = 0
-    for q, *_ in it:
-        pairs += q.shape[0]
+    for batch in it:
+        pairs += len(batch["key"])
+        del batch
     wall = time.perf_counter() - t0
     del it
     self1, kids1 = _cpu_times()
@@ -109,7 +123,7 @@ def measure_loader(shards: Path, augment: bool, num_workers: int, batches: int, 
         "cpu_s": cpu,
         "pairs_per_s": pairs / wall,
         "pairs_per_core_s": pairs / cpu,
-        "views_decoded": loader.stats.views_decoded,
+        "views_per_pair": loader.stats.views_decoded / max(1, loader.stats.samples),
     }
 
 
@@ -158,27 +172,134 @@ def gassl_baseline(index: Path, pairs: int, seed: int = 0) -> dict:
 # ---------------------------------------------------------------------------------------------- (b)
 
 
-def pure_decode(shards: Path, views: int) -> dict:
-    """simplejpeg (and Pillow) decode of stored views, bytes already in memory: the loader's ceiling."""
-    import simplejpeg
+def stored_views(shards: Path) -> list[bytes]:
+    """The stored views' JPEG bytes of the train shards, in shard order."""
     import webdataset as wds
-    from PIL import Image
 
     blobs: list[bytes] = []
     urls = sorted(str(p) for p in shards.glob("train-*.tar"))
     for s in wds.WebDataset(urls, shardshuffle=False):
         blobs += [v for k, v in s.items() if k.endswith(".jpg")]
+    return blobs
+
+
+def pure_decode(blobs: list[bytes], views: int) -> dict:
+    """The loader's decoder (same settings), full size, bytes in memory: the loader's ceiling."""
+    from geo_ssl.training.data.decode import decode_rgb
+
     blobs = (blobs * (views // max(1, len(blobs)) + 1))[:views]
-    out = {"views": len(blobs), "mean_kb": sum(map(len, blobs)) / len(blobs) / 1024}
     c0 = time.process_time()
     for b in blobs:
-        simplejpeg.decode_jpeg(b)
-    out["simplejpeg_views_per_core_s"] = len(blobs) / (time.process_time() - c0)
-    c0 = time.process_time()
-    for b in blobs:
-        with Image.open(io.BytesIO(b)) as im:
-            im.convert("RGB").load()
-    out["pillow_views_per_core_s"] = len(blobs) / (time.process_time() - c0)
+        decode_rgb(b)
+    return {"views": len(blobs), "views_per_core_s": len(blobs) / (time.process_time() - c0)}
+
+
+# ---------------------------------------------------------------------------------------------- (c)
+
+
+def stage_breakdown(blobs: list[bytes], views: int, size: int = 224, seed: int = 0) -> dict:
+    """CPU ms per view of each stage of the augmented path, timed alone (same ops as augment_crop)."""
+    import cv2
+
+    from geo_ssl.training.data import augment as A
+    from geo_ssl.training.data.decode import crop_resize, dct_reduction, decode_rgb, jpeg_size
+
+    rng = random.Random(seed)
+    aug = A.MocoV2Augment(image_size=size)
+    t = dict.fromkeys(
+        (
+            "header + params",
+            "decode",
+            "crop + resize",
+            "colour jitter",
+            "grayscale",
+            "blur",
+            "flip",
+            "normalise",
+        ),
+        0.0,
+    )
+    buffers = A.BatchBuffers()
+    crops = []
+    clock = time.process_time
+    for i in range(views):
+        data = blobs[i % len(blobs)]
+        c = clock()
+        w, h = jpeg_size(data)
+        p = aug.sample(rng, w, h)
+        c1 = clock()
+        r = dct_reduction([p.box], size)
+        image = decode_rgb(data, r, w, h)
+        c2 = clock()
+        crop = crop_resize(image, p.box, size, image.shape[1] / w, image.shape[0] / h)
+        img = np.ascontiguousarray(crop.permute(1, 2, 0).numpy())
+        c3 = clock()
+        for op, f in p.jitter:
+            img = A._ADJUST[op](img, f)
+        c4 = clock()
+        if p.gray:
+            img = A.grayscale(img)
+        c5 = clock()
+        if p.blur_sigma > 0:
+            img = A.gaussian_blur(img, p.blur_sigma)
+        c6 = clock()
+        if p.flip:
+            img = cv2.flip(img, 1)
+        c7 = clock()
+        for k, dt in zip(t, (c1 - c, c2 - c1, c3 - c2, c4 - c3, c5 - c4, c6 - c5, c7 - c6), strict=False):
+            t[k] += dt
+        crops.append(torch.from_numpy(img).permute(2, 0, 1))
+        if len(crops) == 64 or i == views - 1:
+            c = clock()
+            A.finish_views(crops, None, out=buffers.get((len(crops), 3, size, size)))
+            t["normalise"] += clock() - c
+            crops = []
+    return {k: 1e3 * v / views for k, v in t.items()}
+
+
+# ---------------------------------------------------------------------------------------------- (e)
+
+
+def colour_fidelity(blobs: list[bytes], n_views: int = 12, size: int = 224) -> dict:
+    """Mean |ours - torchvision v2| in levels per op (worst factor), CPU path and GPU-style path."""
+    import torchvision.transforms.v2.functional as TF
+
+    from geo_ssl.training.data.augment import ViewParams, augment_crop
+    from geo_ssl.training.data.decode import center_box, decode_crops, jpeg_size
+    from geo_ssl.training.data.gpu_augment import color_jitter
+
+    crops = []
+    for data in blobs[:n_views]:
+        w, h = jpeg_size(data)
+        crops.append(decode_crops(data, [center_box(w, h)], size, w, h)[0].contiguous())
+    grid = {
+        "brightness": (0.6, 0.8, 1.2, 1.4),
+        "contrast": (0.6, 0.8, 1.2, 1.4),
+        "saturation": (0.6, 0.8, 1.2, 1.4),
+        "hue": (-0.1, -0.05, 0.05, 0.1),
+    }
+    ops = ("brightness", "contrast", "saturation", "hue")
+    out = {}
+    for op, factors in grid.items():
+        cpu_worst = gpu_worst = 0.0
+        for f in factors:
+            cpu_d, gpu_d = [], []
+            x = torch.stack(crops).float() / 255.0
+            fac = torch.tensor([[1.0, 1.0, 1.0, 0.0]] * len(crops))
+            fac[:, ops.index(op)] = f
+            order = torch.full((len(crops), 4), -1)
+            order[:, 0] = ops.index(op)
+            gpu = color_jitter(x, fac, order) * 255.0
+            for i, crop in enumerate(crops):
+                ref = getattr(TF, f"adjust_{op}")(crop, f).float()
+                ours = augment_crop(crop, ViewParams(box=(0, 0, 1, 1), jitter=((op, f),))).float()
+                cpu_d.append(float((ours - ref).abs().mean()))
+                gpu_d.append(float((gpu[i] - ref).abs().mean()))
+            cpu_worst, gpu_worst = (
+                max(cpu_worst, float(np.mean(cpu_d))),
+                max(gpu_worst, float(np.mean(gpu_d))),
+            )
+        out[op] = {"cpu": cpu_worst, "gpu_style": gpu_worst}
     return out
 
 
@@ -252,87 +373,144 @@ def rss_in_fresh_process(shards: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _median(runs: list[dict], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--data", help="cached build folder (default OUT/data)")
     parser.add_argument("--locations", type=int, default=48, help="synthetic locations to build (first run)")
-    parser.add_argument("--batches", type=int, default=12, help="batches of 32 pairs per loader measurement")
-    parser.add_argument("--baseline-pairs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--batches", type=int, default=6, help="batches of 32 pairs per loader measurement")
+    parser.add_argument("--baseline-pairs", type=int, default=24, help="baseline pairs per round")
+    parser.add_argument("--no-rss", action="store_true", help="skip (d), the 2-worker memory run")
     parser.add_argument("--rss-only", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("GEO_SSL_PROGRESS", "0")
     torch.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
     if args.rss_only:
         print(
             json.dumps(
                 rss_over_epoch(
-                    Path(args.rss_only), batches=60, batch_size=32, num_workers=2, shuffle_buffer=200
+                    Path(args.rss_only), batches=40, batch_size=32, num_workers=2, shuffle_buffer=200
                 )
             )
         )
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shards, index = build_data(Path(args.data) if args.data else out / "data", args.locations)
-    load = os.getloadavg()
+    sets, index = build_data(Path(args.data) if args.data else out / "data", args.locations)
+    blobs = {name: stored_views(path) for name, path in sets.items()}
+    load_start = os.getloadavg()
+    t_start = time.perf_counter()
 
     bs = 32
-    ours0 = measure_loader(shards, True, 0, args.batches, bs)
-    print("ours in-process:", _fmt(ours0), flush=True)
-    ours2 = measure_loader(shards, True, 2, args.batches * 2, bs)
-    print("ours 2 workers:", _fmt(ours2), flush=True)
-    base = gassl_baseline(index, args.baseline_pairs)
-    print("GASSL-style baseline:", _fmt(base), flush=True)
-    plain = measure_loader(shards, False, 0, args.batches, bs)
-    print("ours augment=False:", _fmt(plain), flush=True)
-    decode = pure_decode(shards, 600)
-    print("pure decode:", decode, flush=True)
-    rss = rss_in_fresh_process(shards)
-    print("RSS:", rss, flush=True)
+    runs: dict[str, list[dict]] = {}
 
-    views_per_pair = plain["views_decoded"] / plain["pairs"] if plain["pairs"] else 2.0
-    # Views the loader decodes per CPU-second, against the pure decode loop over the same kind of bytes.
-    loader_views_core = plain["pairs_per_core_s"] * views_per_pair
+    def record(name: str, result: dict) -> None:
+        runs.setdefault(name, []).append(result)
+        print(f"round {len(runs[name])} {name}:", _fmt(result), flush=True)
+
+    for r in range(args.rounds):
+        record("baseline", gassl_baseline(index, args.baseline_pairs, seed=r))
+        for name, path in sets.items():
+            record(f"{name} aug", measure_loader(path, True, 0, args.batches, bs))
+            record(f"{name} plain", measure_loader(path, False, 0, args.batches, bs))
+            record(f"{name} decode", pure_decode(blobs[name], 150))
+        record("whole defer", measure_loader(sets["whole"], True, 0, 4 * args.batches, bs, decode="defer"))
+    load_end = os.getloadavg()
+    wall = time.perf_counter() - t_start
+    stages = {name: stage_breakdown(b, 192) for name, b in blobs.items()}
+    fidelity = colour_fidelity(blobs["whole"])
+    rss = None if args.no_rss else rss_in_fresh_process(sets["whole"])
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    base = _median(runs["baseline"], "pairs_per_core_s")
     lines = [
-        "# Loader benchmark",
+        "# Loader benchmark (CPU path)",
         "",
-        f"Data: real pipeline (synth-fmow --realistic-sizes, {args.locations} locations), stored views "
-        f"{decode['mean_kb']:.0f} KB on average. Machine: {os.cpu_count()} cores, load average at start "
-        f"{load[0]:.1f} (shared machine: per-core figures use CPU time). Batch 32 pairs, 224 px, torch 1 thread.",
+        f"Data: real pipeline (synth-fmow --realistic-sizes, {args.locations} locations), two shard sets "
+        "from the same index and source images. Mean stored view: "
+        + ", ".join(f"{n} {sum(map(len, b)) / len(b) / 1024:.0f} KB" for n, b in blobs.items())
+        + f". Machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at start, {load_end[0]:.1f} "
+        f"at the end of {args.rounds} interleaved rounds ({wall:.0f} s). Batch 32 pairs, 224 px, in-process, "
+        "torch and OpenCV 1 thread; per core = pairs per CPU-second, median over rounds.",
         "",
-        "| measurement | pairs/s (wall) | pairs/s per core (CPU time) | vs baseline |",
-        "|---|---|---|---|",
-        f"| (a) GASSL-style baseline (PIL full-size JPEG, Resize 448, CenterCrop 448, torchvision MoCo-v2) "
-        f"| {base['pairs_per_s']:.1f} | {base['pairs_per_core_s']:.1f} | 1.0x |",
-        f"| (a) ours, MoCo-v2 augmentation, num_workers=0 | {ours0['pairs_per_s']:.1f} "
-        f"| {ours0['pairs_per_core_s']:.1f} | {ours0['pairs_per_core_s'] / base['pairs_per_core_s']:.1f}x |",
-        f"| (a) ours, MoCo-v2 augmentation, 2 workers (start-up included) | {ours2['pairs_per_s']:.1f} "
-        f"| {ours2['pairs_per_core_s']:.1f} | {ours2['pairs_per_core_s'] / base['pairs_per_core_s']:.1f}x |",
-        f"| (b) ours, augment=False, num_workers=0 | {plain['pairs_per_s']:.1f} | {plain['pairs_per_core_s']:.1f} "
-        f"| {plain['pairs_per_core_s'] / base['pairs_per_core_s']:.1f}x |",
+        "| (a) measurement | pairs/s per core | vs baseline | rounds (pairs/s per core) |",
+        "|---|---:|---:|---|",
+        f"| GASSL-style baseline (PIL full-size source JPEG, Resize 448, CenterCrop 448, torchvision MoCo-v2) "
+        f"| {base:.1f} | 1.0x | {_rounds(runs['baseline'])} |",
+    ]
+    for name, label in (("whole", "whole 448 px views"), ("box", "box crops, shorter side <= 256")):
+        v = _median(runs[f"{name} aug"], "pairs_per_core_s")
+        lines.append(
+            f"| ours, MoCo-v2 augmentation, {label} | **{v:.1f}** | **{v / base:.1f}x** | {_rounds(runs[name + ' aug'])} |"
+        )
+    defer = _median(runs["whole defer"], "pairs_per_core_s")
+    lines.append(
+        f'| GPU path\'s CPU side (decode="defer": read, select, shuffle, batch JPEG bytes), whole views '
+        f"| {defer:.0f} | - | {_rounds(runs['whole defer'])} |"
+    )
+    lines += [
         "",
-        "| (b) decode ceiling | views/s per core |",
-        "|---|---|",
-        f"| pure simplejpeg decode, bytes in memory | {decode['simplejpeg_views_per_core_s']:.0f} |",
-        f"| pure Pillow decode, bytes in memory | {decode['pillow_views_per_core_s']:.0f} |",
-        f"| loader, augment=False ({views_per_pair:.2f} decoded views per pair) | {loader_views_core:.0f} "
-        f"({100 * loader_views_core / decode['simplejpeg_views_per_core_s']:.0f}% of pure decode) |",
+        "| (b) augmentation off vs pure decode | loader views/s per core (augment=False) | pure decode views/s per core | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in sets:
+        plain = _median(runs[f"{name} plain"], "pairs_per_core_s") * statistics.median(
+            r["views_per_pair"] for r in runs[f"{name} plain"]
+        )
+        dec = _median(runs[f"{name} decode"], "views_per_core_s")
+        lines.append(f"| {name} | {plain:.0f} | {dec:.0f} | **{100 * plain / dec:.0f}%** |")
+    lines += [
         "",
-        "| (d) memory (PSS) of main + 2 workers, fresh process, 60 batches, shuffle buffer 200 | MiB |",
-        "|---|---|",
-        f"| start (batch 1) | {rss['start']:.0f} |",
-        f"| middle | {rss['middle']:.0f} |",
-        f"| end | {rss['end']:.0f} |",
-        f"| peak (sampled every 200 ms) | {rss['peak']:.0f} |",
-        f"| main process peak RSS (ru_maxrss) | {rss['max_rss_main_mb']:.0f} |",
+        "| (c) CPU ms per view, each stage timed alone | " + " | ".join(sets) + " |",
+        "|---|" + "---:|" * len(sets),
+    ]
+    for stage in stages["whole"]:
+        lines.append(f"| {stage} | " + " | ".join(f"{stages[n][stage]:.3f}" for n in sets) + " |")
+    lines.append("| sum of stages | " + " | ".join(f"{sum(stages[n].values()):.3f}" for n in sets) + " |")
+    lines.append(
+        "| whole loader per view (1 / (2 x pairs/s per core)) | "
+        + " | ".join(f"{1e3 / (2 * _median(runs[n + ' aug'], 'pairs_per_core_s')):.3f}" for n in sets)
+        + " |"
+    )
+    lines += [
         "",
-        "Goals: >= 220 pairs/s per core and >= 20x the baseline (a); RSS flat over the epoch (d).",
+        "| (e) colour fidelity: mean abs difference to torchvision v2 (levels of 255, worst factor) | CPU path | GPU-style path |",
+        "|---|---:|---:|",
+    ]
+    for op, d in fidelity.items():
+        lines.append(f"| {op} | {d['cpu']:.2f} | {d['gpu_style']:.2f} |")
+    lines += ["", f"Peak RSS of the benchmark process (ru_maxrss): {peak_rss_mb:.0f} MB."]
+    if rss:
+        lines += [
+            f"(d) PSS of main + 2 workers over 40 batches (whole views, shuffle buffer 200): start {rss['start']:.0f} MiB, "
+            f"middle {rss['middle']:.0f}, end {rss['end']:.0f}, peak {rss['peak']:.0f}; main process peak RSS "
+            f"{rss['max_rss_main_mb']:.0f} MB.",
+        ]
+    lines += [
+        "",
+        "Goals (issue 11): whole views >= 180 pairs/s per core; box crops >= 300 pairs/s per core and >= 25x "
+        "the baseline; augmentation off >= 80% of pure decode; every colour op within 2 levels.",
     ]
     text = "\n".join(lines) + "\n"
     (out / "bench_loader.md").write_text(text)
+    (out / "bench_loader.json").write_text(
+        json.dumps({"runs": runs, "stages": stages, "fidelity": fidelity, "rss": rss}, indent=1)
+    )
     print(text)
     return 0
+
+
+def _rounds(runs: list[dict]) -> str:
+    key = "pairs_per_core_s"
+    return ", ".join(f"{r[key]:.0f}" for r in runs)
 
 
 def _fmt(d: dict) -> str:

@@ -1,25 +1,29 @@
-"""MoCo-v2 augmentation ("aug-plus") and the evaluation transform, fast enough to feed a GPU from few cores.
+"""MoCo-v2 augmentation ("aug-plus") and the evaluation transform on the CPU, near the JPEG decode limit.
 
-The recipe is MoCo-v2's, drawn independently per view: RandomResizedCrop(S, scale=(0.2, 1)),
-ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8 (the four ops in random order), RandomGrayscale p=0.2,
-Gaussian blur with sigma ~ U(0.1, 2) p=0.5 (Pillow's GaussianBlur(radius=sigma), as MoCo does),
-horizontal flip p=0.5, ImageNet normalisation.
+The recipe is MoCo-v2's (facebookresearch/moco, main_moco.py --aug-plus), drawn independently per view:
+RandomResizedCrop(S, scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2,
+Gaussian blur with sigma ~ U(0.1, 2) p=0.5, horizontal flip p=0.5, ImageNet normalisation, in that order.
+MoCo's blur is Pillow's `GaussianBlur(radius=sigma)` (radius is the standard deviation there), not
+torchvision's `GaussianBlur`; ours is a true Gaussian of that sigma (radius ceil(3 sigma), mirrored
+border), within about 0.6 of a level of Pillow's three-box approximation.
 
-How it is made fast, and where it differs from torchvision's PIL pipeline:
+How it is made fast without changing the distribution:
 
-- Parameters are drawn first (`MocoV2Augment.sample`) on the stored image size from the JPEG header,
-  so the decoder can downsize in the DCT domain and crop + resize happen once (geo_ssl.training.data.decode).
-- Brightness, contrast, saturation and hue are affine maps of RGB, so the jitter, the grayscale and the
-  normalisation are folded into one 3x3 matrix plus offset per view and applied to the whole batch with
-  one batched matmul (`finish_views`). Hue is a rotation of the chroma plane in YIQ space, as NVIDIA
-  DALI's hue/ColorTwist does, instead of torchvision's HSV round trip (5 ms per 224 px view here);
-  values are clamped once at the end instead of after each op. Both change single pixel values by a
-  few levels at most for typical factors; tests/test_augment.py pins the agreement with torchvision.
-- Blur and flip run before the colour map (both are linear in the pixels, so the order only matters
-  through the clamp).
+- Parameters are drawn first (`MocoV2Augment.sample`) on the stored image size from the JPEG header, so
+  the decoder can downsize in the DCT domain and crop + resize happen once (geo_ssl.training.data.decode).
+- Every per-view op runs on the 8-bit S x S crop with OpenCV, single-threaded (`augment_crop`), in
+  torchvision's order, with torchvision's semantics: the four ColorJitter ops in the view's random
+  permutation (brightness and contrast as 256-entry lookup tables, saturation as a blend with the
+  per-pixel luma, hue as a rotation of the HSV hue: the same HSV model as torchvision, on 8-bit HSV), each
+  rounded and clamped to 0..255 as torchvision does between ops; then grayscale, then the Gaussian blur
+  as a separable filter, then the flip. tests/training/data/test_augment.py pins every op within
+  2 levels of torchvision.transforms.v2.functional on the same parameters.
+- `finish_views` only normalises: one lookup-table pass per channel from uint8 straight into the
+  caller's (preallocated) float batch, no float temporaries.
 
 `torchvision_mocov2` is the plain torchvision/PIL pipeline with the same parameters, used as the
-baseline of the benchmarks and as the reference in tests.
+baseline of the benchmarks and as the reference in tests. geo_ssl.training.data.gpu_augment is the same
+distribution, batched on a torch device.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
@@ -38,11 +43,12 @@ from geo_ssl.training.data.decode import Box, center_box
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL convert("L") and torchvision use
-_TO_GRAY = np.outer(np.ones(3), _LUMA)
-_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_INV = np.linalg.inv(_YIQ)
-_CHUNK = 32  # views per batched matmul; bounds the float temporaries
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL convert("L"), torchvision and OpenCV use
+_LEVELS = np.arange(256, dtype=np.float64)
+_LUMA_ROWS = np.outer(np.ones(3), _LUMA)  # every output channel = the luma
+
+cv2.setNumThreads(1)  # one loader worker = one core; OpenCV's own pool would oversubscribe
+cv2.setUseOptimized(True)
 
 
 @dataclass(frozen=True)
@@ -119,97 +125,186 @@ def random_resized_crop_box(
     return ((width - w) / 2.0, (height - h) / 2.0, float(w), float(h))
 
 
-def spatial(crop: torch.Tensor, params: ViewParams) -> torch.Tensor:
-    """Flip and blur one (3, S, S) uint8 crop; returns (3, S, S) uint8 (any strides)."""
-    if params.blur_sigma > 0:
-        hwc = np.ascontiguousarray(crop.permute(1, 2, 0).numpy())  # no copy for channels-last crops
-        blurred = Image.fromarray(hwc).filter(ImageFilter.GaussianBlur(radius=params.blur_sigma))
-        crop = torch.from_numpy(np.array(blurred)).permute(2, 0, 1)
-    if params.flip:
-        crop = crop.flip(-1)
-    return crop
+def _lut(table: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(table + 0.5), 0, 255).astype(np.uint8)
 
 
-def color_affine(params: ViewParams, mean_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(A, a) so that the jittered, maybe grey pixel is A @ rgb + a (0..255 scale, before clamping).
+def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision's adjust_brightness on an HxWx3 uint8 array: blend with black, rounded and clamped."""
+    return cv2.LUT(img, _lut(_LEVELS * factor))
 
-    `mean_rgb` is the view's mean colour; contrast blends towards the mean grey of the image it is
-    applied to, which after earlier ops is luma(A @ mean_rgb + a).
+
+def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision's adjust_contrast: blend with the mean of the image's luma."""
+    mean_rgb = cv2.mean(img)[:3]
+    grey = sum(w * m for w, m in zip(_LUMA, mean_rgb, strict=True))
+    return cv2.LUT(img, _lut(_LEVELS * factor + (1.0 - factor) * grey))
+
+
+def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision's adjust_saturation: blend with the per-pixel luma, as one 3x3 colour matrix pass."""
+    mat = factor * np.eye(3) + (1.0 - factor) * _LUMA_ROWS
+    return cv2.transform(img, mat.astype(np.float32))
+
+
+def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
+    """torchvision's adjust_hue: rotate the HSV hue by `factor` turns (8-bit HSV, 256 hue steps)."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
+    hue = hsv[:, :, 0]
+    np.add(hue, np.uint8(round(factor * 256) % 256), out=hue, casting="unsafe")  # wraps mod 256
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def grayscale(img: np.ndarray) -> np.ndarray:
+    """RandomGrayscale's output: luma replicated to 3 channels."""
+    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """1-D Gaussian of standard deviation `sigma`, radius ceil(3 sigma), summing to 1 (float32)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """MoCo's Pillow GaussianBlur(radius=sigma), as a separable true Gaussian on the uint8 crop."""
+    k = gaussian_kernel(sigma)
+    return cv2.sepFilter2D(img, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
+
+
+_ADJUST = {
+    "brightness": adjust_brightness,
+    "contrast": adjust_contrast,
+    "saturation": adjust_saturation,
+    "hue": adjust_hue,
+}
+
+
+def augment_crop(crop: torch.Tensor, params: ViewParams) -> torch.Tensor:
+    """Colour jitter, grayscale, blur and flip of one (3, S, S) uint8 crop, on its 8-bit pixels.
+
+    Returns (3, S, S) uint8 with channels-last strides (a free view of an S x S x 3 array), in
+    torchvision's order and semantics; normalisation is left to `finish_views` on the batch.
     """
-    a_mat = np.eye(3)
-    a_vec = np.zeros(3)
-    for op, f in params.jitter:
-        if op == "brightness":
-            a_mat, a_vec = f * a_mat, f * a_vec
-        elif op == "contrast":
-            grey = float(_LUMA @ (a_mat @ mean_rgb + a_vec))
-            a_mat, a_vec = f * a_mat, f * a_vec + (1 - f) * grey
-        elif op == "saturation":
-            s = f * np.eye(3) + (1 - f) * _TO_GRAY
-            a_mat, a_vec = s @ a_mat, s @ a_vec
-        elif op == "hue":
-            c, s = math.cos(2 * math.pi * f), math.sin(2 * math.pi * f)
-            rot = np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
-            h = _YIQ_INV @ rot @ _YIQ
-            a_mat, a_vec = h @ a_mat, h @ a_vec
-        else:
-            raise ValueError(f"unknown colour op {op!r}")
+    if not (params.jitter or params.gray or params.blur_sigma > 0 or params.flip):
+        return crop
+    img = np.ascontiguousarray(crop.permute(1, 2, 0).numpy())  # no copy for channels-last crops
+    for op, factor in params.jitter:
+        try:
+            img = _ADJUST[op](img, factor)
+        except KeyError:
+            raise ValueError(f"unknown colour op {op!r}") from None
     if params.gray:
-        a_mat, a_vec = _TO_GRAY @ a_mat, _TO_GRAY @ a_vec
-    return a_mat, a_vec
+        img = grayscale(img)
+    if params.blur_sigma > 0:
+        img = gaussian_blur(img, params.blur_sigma)
+    if params.flip:
+        img = cv2.flip(img, 1)
+    return torch.from_numpy(img).permute(2, 0, 1)
 
 
-def _norm_consts(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
-    return (1.0 / (255.0 * std)).to(dtype), (mean / std).to(dtype)
+#: The name geo_ssl.training.data.selection calls; the whole per-view augmentation now runs there.
+spatial = augment_crop
+
+
+def _norm_luts() -> list[np.ndarray]:
+    """Per channel: uint8 level -> normalised float32 ((v / 255 - mean) / std)."""
+    return [
+        ((_LEVELS / 255.0 - m) / s).astype(np.float32)
+        for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)
+    ]
+
+
+_NORM_LUTS = _norm_luts()
 
 
 def finish_views(
-    crops: torch.Tensor, params: Sequence[ViewParams], out: torch.Tensor | None = None
+    crops: torch.Tensor | Sequence[torch.Tensor],
+    params: Sequence[ViewParams] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Colour jitter, grayscale, clamp and ImageNet normalisation for a batch of uint8 crops.
+    """ImageNet normalisation of augmented uint8 crops into a float32 (n, 3, S, S) batch.
 
-    crops: (n, 3, S, S) uint8 (already flipped/blurred); returns (n, 3, S, S) float32, written to
-    `out` when given. One batched matmul per chunk does all colour ops of every view at once.
+    `crops`: a (n, 3, S, S) uint8 tensor, or a list of (3, S, S) uint8 crops as `augment_crop` returns
+    them (then nothing is stacked: each crop's pixels go straight into its slot of `out`). Colour, blur
+    and flip are already applied; `params` is accepted for the callers' convenience and not used.
+    Writes into `out` when given (reuse it across batches, see `BatchBuffers`): one 256-entry lookup per
+    pixel and channel, no float temporaries.
     """
-    n, c, h, w = crops.shape
+    del params
+    if isinstance(crops, torch.Tensor):
+        if crops.dim() != 4:
+            raise ValueError(f"expected (n, 3, S, S) uint8 crops, got shape {tuple(crops.shape)}")
+        views = list(crops.unbind(0))
+    else:
+        views = list(crops)
+    if not views or any(v.dtype != torch.uint8 or v.dim() != 3 or v.shape[0] != 3 for v in views):
+        raise ValueError("expected (3, S, S) uint8 crops")
+    n, (c, h, w) = len(views), views[0].shape
     if out is None:
         out = torch.empty((n, c, h, w), dtype=torch.float32)
-    scale, shift = _norm_consts()
-    # Per-channel clamp bounds of the normalised range; scalar clamps are 10x faster than tensor bounds.
-    bounds = [(float(-shift[c]), float(255.0 * scale[c] - shift[c])) for c in range(3)]
-    flat_out = out.view(n, c, h * w)
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
-        chunk_params = params[start:stop]
-        if not any(p.jitter or p.gray for p in chunk_params):
-            # Normalisation only: per channel, straight from uint8 into the output (no float temporary).
-            for ch in range(3):
-                o = flat_out[start:stop, ch]
-                o.copy_(crops[start:stop, ch].reshape(stop - start, h * w))
-                o.mul_(float(scale[ch])).sub_(float(shift[ch]))
-            continue
-        x = crops[start:stop].reshape(stop - start, c, h * w).float()
-        need_mean = any(op == "contrast" for p in chunk_params for op, _ in p.jitter)
-        means = x.mean(-1).double().numpy() if need_mean else np.zeros((stop - start, 3))
-        mats = np.empty((stop - start, 3, 3))
-        vecs = np.empty((stop - start, 3))
-        for i, p in enumerate(chunk_params):
-            mats[i], vecs[i] = color_affine(p, means[i])
-        # Fold the normalisation in: diag(scale) @ (A x + a) - shift.
-        s = scale.double().numpy()
-        mats = mats * s[None, :, None]
-        vecs = vecs * s[None, :] - shift.double().numpy()[None, :]
-        torch.baddbmm(
-            torch.from_numpy(vecs).float()[:, :, None],
-            torch.from_numpy(mats).float(),
-            x,
-            out=flat_out[start:stop],
-        )
-        for ch, (lo, hi) in enumerate(bounds):
-            flat_out[start:stop, ch].clamp_(lo, hi)
+    if tuple(out.shape) != (n, c, h, w) or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 {(n, c, h, w)}, got {out.dtype} {tuple(out.shape)}")
+    dst = out.numpy()
+    dense = out.is_contiguous()
+    for i, view in enumerate(views):
+        hwc = view.permute(1, 2, 0).numpy()  # a free view for channels-last crops
+        rows_dense = hwc.strides[1:] == (3, 1)  # a crop of a wider image (a ROI) is fine for OpenCV
+        planes = cv2.split(hwc) if rows_dense else [np.ascontiguousarray(p) for p in view.numpy()]
+        for ch in range(3):
+            if dense:
+                cv2.LUT(planes[ch], _NORM_LUTS[ch], dst=dst[i, ch])
+            else:
+                dst[i, ch] = _NORM_LUTS[ch][planes[ch]]
     return out
+
+
+class BatchBuffers:
+    """Output batches reused across steps, so the normalised batch is written into warm pages.
+
+    A fresh 38 MB float batch per step costs about as much in page faults as normalising it. `get`
+    hands back the previous buffer of that shape once nobody else holds it (no tensor or view of it is
+    alive outside the pool), else a new one. In a DataLoader worker a batch leaves through shared
+    memory and the main process may still read it, so there `get` returns a fresh tensor that is
+    already in shared memory (sent without a second copy).
+    """
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep  # buffers kept per shape: the consumer may still hold the previous batch or two
+        self._pool: dict[tuple[int, ...], list[torch.Tensor]] = {}
+
+    def get(self, shape: Sequence[int]) -> torch.Tensor:
+        shape = tuple(int(s) for s in shape)
+        if torch.utils.data.get_worker_info() is not None:
+            return _shared_empty(shape)
+        pool = self._pool.setdefault(shape, [])
+        for buf in pool:
+            if not buf.is_shared() and _only_pool_holds(buf):
+                return buf.view(shape)  # callers only ever hold views: the storage's use count tells
+        buf = torch.empty(shape, dtype=torch.float32)
+        pool.append(buf)
+        if len(pool) > self.keep:
+            pool.pop(0)
+        return buf.view(shape)
+
+
+def _shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor allocated in shared memory directly (share_memory_() would copy a fresh one)."""
+    try:
+        storage = torch.UntypedStorage._new_shared(4 * math.prod(shape))
+        return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+    except (AttributeError, RuntimeError, TypeError):  # private API changed: the public, slower way
+        return torch.empty(shape, dtype=torch.float32).share_memory_()
+
+
+def _only_pool_holds(buf: torch.Tensor) -> bool:
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:  # private API gone: never reuse, always correct
+        return False
+    storage = buf.untyped_storage()
+    return use_count(storage._cdata) <= 2  # the pool's tensor + the `storage` object here
 
 
 def torchvision_mocov2(image_size: int = 224, scale: tuple[float, float] = (0.2, 1.0)):

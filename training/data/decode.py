@@ -6,7 +6,7 @@ crop at least `size` pixels on both sides, so the final resize never upsamples m
 itself asks for. A location's view used by two crops (a single-view location, or augment off) is
 decoded once, at the scale the smaller crop allows.
 
-simplejpeg (libjpeg-turbo, fast DCT and upsampling) is the decoder; Pillow is the fallback for the
+simplejpeg (libjpeg-turbo, fast integer DCT and upsampling) is the decoder; Pillow is the fallback for the
 rare JPEG it refuses (CMYK, arithmetic coding). Both reject truncated data, so a corrupt view raises
 `JpegError` instead of yielding a half-grey image.
 """
@@ -17,6 +17,7 @@ import io
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency; Pillow kee
 Box = tuple[float, float, float, float]
 
 _SCALES = (8, 4, 2, 1)
+_PLAIN_BILINEAR_UP_TO = 1.25  # crop side / output side below which antialiasing is skipped
 
 
 class JpegError(ValueError):
@@ -62,10 +64,19 @@ def dct_reduction(boxes: Sequence[Box], size: int) -> int:
 
 
 def decode_rgb(
-    data: bytes, reduction: int = 1, width: int | None = None, height: int | None = None
+    data: bytes,
+    reduction: int = 1,
+    width: int | None = None,
+    height: int | None = None,
+    fast: bool = True,
 ) -> np.ndarray:
-    """Decode to an RGB uint8 array (H, W, 3), downsized by `reduction` (1, 2, 4 or 8) in the DCT domain."""
+    """Decode to an RGB uint8 array (H, W, 3), downsized by `reduction` (1, 2, 4 or 8) in the DCT domain.
+
+    `fast` uses libjpeg-turbo's fast integer IDCT and chroma upsampling: about 7% faster, under one
+    level of difference on average, far below what the augmentation itself changes.
+    """
     if simplejpeg is not None:
+        opts = {"fastdct": fast, "fastupsample": fast}
         try:
             if reduction > 1:
                 if width is None or height is None:
@@ -76,8 +87,9 @@ def decode_rgb(
                     min_width=math.ceil(width / reduction),
                     min_height=math.ceil(height / reduction),
                     min_factor=reduction,
+                    **opts,
                 )
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", **opts)
         except ValueError:
             pass  # Pillow decides: it reads a few JPEGs simplejpeg refuses and rejects truncated ones
     return _decode_pillow(data, reduction)
@@ -107,7 +119,8 @@ def crop_resize(
     with channels-last strides.
 
     Antialiased bilinear on uint8, as torchvision's RandomResizedCrop does; the channels-last view of
-    the decoder's HWC array is the fast path of torch's uint8 resampler.
+    the decoder's HWC array is the fast path of torch's uint8 resampler. Crops at most 1.25x the
+    output size (upsampling, mild downscale) use OpenCV's plain bilinear: the same up to 1 level.
     """
     h_img, w_img = image.shape[:2]
     x, y, w, h = box
@@ -118,6 +131,11 @@ def crop_resize(
     region = torch.from_numpy(image[y0:y1, x0:x1]).permute(2, 0, 1)  # CHW view, channels-last strides
     if region.shape[1] == size and region.shape[2] == size:
         return region
+    if max(x1 - x0, y1 - y0) <= _PLAIN_BILINEAR_UP_TO * size:
+        # Upsampling or a mild downscale: antialiasing changes nothing that matters (the filter
+        # support stays within 1.25 px), and OpenCV's fixed-point bilinear is twice as fast.
+        out = cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(out).permute(2, 0, 1)
     # A dense channels-last copy of the region is what torch's fast uint8 antialias kernel wants.
     region = region[None].contiguous(memory_format=torch.channels_last)
     out = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

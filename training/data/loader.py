@@ -2,21 +2,31 @@
 
 One shard sample is one location with all its views (schemas/SAMPLE_FORMAT.md). The training stream:
 
-    shard URLs  -- shuffled per pass with a seed shared by all ranks, split by rank, then by worker
-    tar members -- read with webdataset's tar expander + grouper, opened through fsspec (s3:// etc.)
+    epoch plan  -- one pass over the split in a (seed, epoch) order, cut into per-rank, per-worker slices
+                   of shards (geo_ssl.training.data.epoch_plan); sample counts from the manifest
+    tar members -- a lean tar reader (tar_stream) over fsspec (s3:// etc.), transient storage errors
+                   retried at the byte offset (shard_io), optionally through a local cache (shard_cache)
     select      -- parse the json, pick the views, keep only their JPEG bytes (not decoded)
-    shuffle     -- webdataset shuffle buffer of these encoded samples
-    render      -- draw crop/jitter/blur/flip, decode only the chosen views in the DCT domain
-    batch       -- stack, then colour + normalise the whole batch at once (geo_ssl.training.data.augment)
+    shuffle     -- a shuffle buffer of these encoded samples, inside one worker's share of one epoch
+    render      -- draw crop/jitter/blur/flip, decode only the chosen views in the DCT domain, then colour,
+                   grayscale, blur and flip on the 8-bit crop (geo_ssl.training.data.augment)
+    batch       -- normalise every crop straight into a reused float batch (augment.BatchBuffers)
 
-Every rank yields exactly `len(loader)` batches per epoch: each worker repeats its shards for as
-long as asked (shards are replicated when there are fewer than ranks x workers), and the loader
-stops after `len()` batches, so DDP never waits on a rank that ran out of uneven shards. Seeds
-derive from (cfg.seed, epoch, rank, worker); call `set_epoch(epoch)` before each epoch (a loader
-iterated again without it moves to the next epoch by itself).
+Exact epochs: every location of the split comes exactly once per epoch over all ranks and workers, and
+every rank yields exactly `len(loader)` batches (`loader.plan`: the samples below one global batch are
+dropped from the epoch, a different set each epoch; `loader.plan.describe()` says how many). Workers start
+and stop inside shards, so fewer shards than ranks x workers is fine. The order depends on (cfg.seed,
+epoch) only; call `set_epoch(epoch)` before each epoch (a loader iterated again without it moves to the
+next epoch by itself). `set_epoch(epoch, start_step=s)` resumes mid-epoch: the next iteration yields
+batches s..len-1, identical to those of an uninterrupted epoch, without decoding the s batches before.
+Batch j's content does not depend on what happened to batches before it, except through the epoch plan.
 
-Corrupt samples (bad tar member, undecodable JPEG, bad json, missing view) are skipped and counted
-in `loader.stats` without sleeping; `strict=True` raises `CorruptSampleError` naming shard and key.
+Corrupt samples (damaged tar header, bad member, undecodable JPEG, bad json, missing view, samples the
+manifest lists but the shard lacks) are skipped and counted in `loader.stats` without sleeping; a worker
+that comes up short fills its last batches by reading its share again (`stats.refilled`). `strict=True`
+raises `CorruptSampleError` naming shard and key or byte offset, as one line, also from worker processes.
+Storage errors are retried with backoff, then raise `ShardReadError` naming the shard (never counted as
+corrupt data).
 
 Other SSL methods (SimCLR, BYOL, multi-crop, ...) ask the same shards for N views per location:
 
@@ -28,6 +38,20 @@ Other SSL methods (SimCLR, BYOL, multi-crop, ...) ask the same shards for N view
         for batch in loader:   # batch["views"]: float32 [B, 4, 3, 224, 224]
             ...                # batch["geo_cluster"], batch["category"]: int64 [B]; batch["key"]: list[str]
 
+Deferred decode (for a GPU data path, geo_ssl.training.data.gpu_*): `LoaderConfig(decode="defer")`
+does everything except decode and augmentation (shard order, view choice, shuffle, batching, corrupt-json
+accounting) and yields the chosen views' JPEG bytes, one list entry per sample, in batch order:
+
+    pretrain_loader -> {"q_jpeg": list[bytes], "k_jpeg": list[bytes],
+                        "geo_cluster": int64 [B], "category": int64 [B], "key": list[str]}
+    views_loader    -> {"views_jpeg": list[list[bytes]]  (B lists of N),
+                        "geo_cluster", "category", "key"}
+
+q_jpeg[i] / k_jpeg[i] are views of location key[i] at distinct timestamps where it has them (the same
+bytes twice otherwise, or with temporal=False); the consumer draws the MoCo-v2 augmentation per view.
+Batches, epochs, resume (set_epoch(epoch, start_step=s)) and stats work exactly as in the default
+`decode="cpu"` mode. A JPEG that turns out undecodable on the device is the consumer's to count.
+
 With `temporal=True` the N views come from distinct timestamps while the location has enough (then
 repeat), each with its own MoCo-v2 augmentation; `temporal=False` augments one random view N times;
 `augment=False` only resizes, centre-crops and normalises. Plain webdataset reads the shards too.
@@ -35,32 +59,49 @@ repeat), each with its own MoCo-v2 augmentation; `temporal=False` augments one r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.training.data.augment import MocoV2Augment, ViewParams, eval_params, finish_views
-from geo_ssl.training.data.selection import Picked, choose_views, pick_views, read_meta, render_views, seed_of
-from geo_ssl.training.data.shard_list import resolve_shards, shard_counts
-from geo_ssl.training.data.tar_stream import (
-    CorruptSampleError,
-    LoaderStats,
-    SampleErrors,
-    shard_samples,
+from geo_ssl.training.data.augment import BatchBuffers, MocoV2Augment, ViewParams, eval_params, finish_views
+from geo_ssl.training.data.epoch_plan import (
+    EpochPlan,
+    Slice,
+    plan_epoch,
+    positions,
+    worker_batches,
+    worker_block,
 )
+from geo_ssl.training.data.epoch_unit import (
+    ShardViews,
+    anchored_views,
+    check_unit,
+    read_image_slice,
+    shard_views,
+    unit_counts,
+)
+from geo_ssl.training.data.gassl_crop import augment_for
+from geo_ssl.training.data.selection import Picked, pick_views, read_meta, render_views, seed_of
+from geo_ssl.training.data.shard_cache import ShardCache
+from geo_ssl.training.data.shard_io import RetryPolicy, ShardReadError, open_with_retries
+from geo_ssl.training.data.shard_list import resolve_shards, shard_counts
+from geo_ssl.training.data.tar_stream import CorruptSampleError, LoaderStats, SampleErrors, slice_samples
 
 __all__ = [
     "CorruptSampleError",
+    "EpochPlan",
     "EvalLoader",
     "LoaderConfig",
     "LoaderStats",
+    "ShardReadError",
     "StreamingLoader",
     "eval_loader",
     "pretrain_loader",
@@ -69,10 +110,14 @@ __all__ = [
     "views_loader",
 ]
 
+_DECODE_MODES = ("cpu", "defer")
+
 
 @dataclass
 class LoaderConfig:
-    """What to stream and how. `batch_size` is per rank; `epoch_samples` counts locations over all ranks."""
+    """What to stream and how. `batch_size` is per rank; `epoch_samples` counts locations over all ranks
+    (default: the split's size). `cache_dir`/`cache_limit`: keep remote shards in a local LRU cache
+    (limit in bytes or '20G'). `read_attempts`: reads per storage failure before ShardReadError."""
 
     urls: str | list[str]
     split: str | None = None
@@ -86,6 +131,73 @@ class LoaderConfig:
     strict: bool = False
     epoch_samples: int | None = None
     storage_options: dict | None = None
+    decode: str = "cpu"  # "cpu": decoded, augmented float batches; "defer": JPEG bytes (see module doc)
+    cache_dir: str | None = None
+    cache_limit: int | str = "20G"
+    read_attempts: int = 6
+    epoch_unit: str = "location"  # "image": each location once per view (GASSL's epoch; epoch_unit.py)
+    crop: str = "moco"  # "gassl": GASSL's +TP crop (gassl_crop.py)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Source:
+    """Where shard bytes come from, for any worker; picklable."""
+
+    shards: list[str]
+    counts: list[int]
+    storage_options: dict | None = None
+    cache_dir: str | None = None
+    cache_limit: int | str = "20G"
+    read_attempts: int = 6
+
+    def read(self, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
+        """The samples of one slice; retries and the cache are below this line."""
+        url = self.shards[sl.shard]
+        stats = errors.stats
+        policy = RetryPolicy(attempts=max(1, self.read_attempts))
+
+        def on_retry(message: str) -> None:
+            stats.retries += 1
+            print(f"geo-ssl loader: {message}", file=sys.stderr, flush=True)
+
+        if self.cache_dir and "://" in url and not url.startswith("file://"):
+            stream = ShardCache(self.cache_dir, self.cache_limit, self.storage_options).open(
+                url, policy, on_retry
+            )
+        else:
+            stream = open_with_retries(url, self.storage_options, policy, on_retry)
+        with stream:
+            stats.shards_opened += 1
+            for sample in slice_samples(stream, url, sl.start, sl.stop, errors):
+                sample["__url__"] = url
+                yield sample
+
+
+@dataclass
+class _Failure:
+    """A worker's error, shipped as an item so the main process raises it as one line."""
+
+    error: BaseException
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """A shuffle buffer over a finite stream (one worker's share of one epoch; never across epochs)."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
 
 
 # ------------------------------------------------------------------------------------------- streams
@@ -95,8 +207,8 @@ class LoaderConfig:
 class _Spec:
     """Everything a worker needs; picklable."""
 
-    shards: list[str]
-    storage_options: dict | None
+    source: _Source
+    plan: EpochPlan
     batch_size: int
     image_size: int
     n_views: int
@@ -105,10 +217,22 @@ class _Spec:
     shuffle_buffer: int
     seed: int
     strict: bool
+    n_workers: int = 1  # logical workers (batch j belongs to j % n_workers)
     epoch: int = 0
+    start_step: int = 0
     rank: int = 0
     world_size: int = 1
     layout: str = "views"  # "pairs": (q, k) tensors; "views": [B, N, ...]
+    decode: str = "cpu"
+    unit_views: list[ShardViews] | None = None  # epoch_unit "image": plan positions are views
+    crop: str = "moco"
+
+
+def _read(spec: _Spec, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
+    """The samples of one plan slice; with epoch_unit "image" the slice counts views (epoch_unit.py)."""
+    if spec.unit_views is None:
+        return spec.source.read(sl, errors)
+    return read_image_slice(spec.source.read, sl, spec.unit_views[sl.shard], errors)
 
 
 def _worker() -> tuple[int, int]:
@@ -116,82 +240,147 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _train_shard_urls(spec: _Spec, worker: int, n_workers: int) -> Iterator[str]:
-    """Endless shard sequence for one (rank, worker): each pass shuffles the shard list with a seed all
-    ranks share, then keeps every world_size-th (split_by_node) and every n_workers-th (split_by_worker).
-    With fewer shards than ranks x workers, the list is repeated so that nobody gets none."""
-    copies = math.ceil(spec.world_size * n_workers / len(spec.shards))
-    for p in itertools.count():
-        order = list(spec.shards) * copies
-        random.Random(seed_of(spec.seed, spec.epoch, p, "shards")).shuffle(order)
-        yield from order[spec.rank :: spec.world_size][worker::n_workers]
-
-
 class _TrainStream(IterableDataset):
+    """One worker's batches of one epoch: (batch, stats delta) items, or a _Failure."""
+
     def __init__(self, spec: _Spec):
         self.spec = spec
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except GeoSSLError as exc:
+            if get_worker_info() is None:
+                raise
+            yield _Failure(exc)
+
+    def _refill(self, block: list[Slice], stats: LoaderStats) -> Iterator[dict]:
+        """Samples to fill the last batches after corrupt ones were skipped, only read when the first pass
+        came up short: the worker's share again, else the rank's, else the whole epoch's (errors are not
+        counted twice)."""
+        spec, quiet = self.spec, SampleErrors(LoaderStats(), strict=False)
+        share = spec.plan.steps * spec.batch_size
+        tiers = [
+            block,
+            positions(spec.source.counts, spec.seed, spec.epoch, spec.rank * share, (spec.rank + 1) * share),
+            positions(spec.source.counts, spec.seed, spec.epoch, 0, spec.plan.used),
+        ]
+        while True:
+            got = 0
+            for tier in tiers:
+                for sl in tier:
+                    for sample in _read(spec, sl, quiet):
+                        got += 1
+                        stats.refilled += 1
+                        yield sample
+                if got:
+                    break
+            if not got:
+                raise GeoSSLError(f"no readable sample in the epoch's {len(spec.source.shards)} shard(s)")
+
+    def _batches(self):
         spec = self.spec
-        worker, n_workers = _worker()
+        physical, n_physical = _worker()
+        if n_physical != spec.n_workers:
+            raise GeoSSLError(f"loader planned for {spec.n_workers} workers, runs in {n_physical}")
+        logical, wanted = worker_batches(spec.plan.steps, spec.start_step, spec.n_workers, physical)
+        if not wanted:
+            return
         stats = LoaderStats()
         errors = SampleErrors(stats, spec.strict)
-        rng_pick = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, worker, "pick"))
-        rng_aug = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, worker, "augment"))
-        rng_buf = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, worker, "shuffle"))
-        aug = MocoV2Augment(image_size=spec.image_size)
+        block = worker_block(
+            spec.source.counts,
+            spec.plan,
+            spec.batch_size,
+            spec.seed,
+            spec.epoch,
+            spec.rank,
+            logical,
+            spec.n_workers,
+        )
+        rng_pick = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, logical, spec.n_workers, "pick"))
+        rng_buf = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, logical, spec.n_workers, "shuffle"))
 
-        def params_for(w: int, h: int) -> ViewParams:
-            return aug.sample(rng_aug, w, h) if spec.augment else eval_params(w, h)
+        def fields_of(fields: list[str], copy: int | None = None) -> tuple[str, ...]:
+            # copy: an "image" epoch's copy c of a location has view c as its anchor (epoch_unit.py)
+            chosen = anchored_views(rng_pick, len(fields), spec.n_views, spec.temporal, copy)
+            return tuple(fields[i] for i in chosen)
 
-        def fields_of(fields: list[str]) -> tuple[str, ...]:
-            return tuple(fields[i] for i in choose_views(rng_pick, len(fields), spec.n_views, spec.temporal))
-
-        def pick(src):
-            for sample in src:
+        def picked(samples: Iterator[dict], errors: SampleErrors) -> Iterator[Picked]:
+            for sample in samples:
                 try:
-                    yield pick_views(sample, fields_of)
+                    yield pick_views(sample, functools.partial(fields_of, copy=sample.get("__copy__")))
                 except Exception as exc:
                     errors.record(f"shard {sample.get('__url__')} key {sample.get('__key__')}", exc)
 
-        def render(src):
-            for picked in src:
-                try:
-                    crops, params = render_views(picked, spec.image_size, params_for)
-                except Exception as exc:
-                    errors.record(f"shard {picked.url} key {picked.key}", exc)
-                    continue
-                errors.ok()
-                stats.views_decoded += len(picked.data)
-                yield picked, crops, params
+        first_pass = (sample for sl in block for sample in _read(spec, sl, errors))
+        items = itertools.chain(
+            _shuffled(picked(first_pass, errors), spec.shuffle_buffer, rng_buf),
+            picked(self._refill(block, stats), SampleErrors(LoaderStats(), strict=False)),
+        )
+        aug = augment_for(spec.crop, spec.image_size)
+        for j in range(logical, spec.plan.steps, spec.n_workers):
+            batch = [next(items) for _ in range(spec.batch_size)]
+            if j < spec.start_step:
+                continue  # resume: the samples are consumed (same order as before), nothing is decoded
+            if spec.decode == "defer":
+                out = _collate_deferred(batch, spec)
+            else:
+                rng_aug = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, j, "augment"))
+                out = _collate_train(_render_batch(batch, spec, aug, rng_aug, errors, stats), spec)
+            stats.samples += spec.batch_size
+            yield out, stats.take()
 
-        def collate(items):
-            stats.samples += len(items)
-            return _collate_train(items, spec), stats.take()
 
-        stages = [
-            lambda: _train_shard_urls(spec, worker, n_workers),
-            lambda urls: shard_samples(urls, spec.storage_options, stats, errors, forever=True),
-            pick,
-        ]
-        if spec.shuffle_buffer > 0:
-            stages.append(
-                wds.shuffle(spec.shuffle_buffer, initial=min(100, spec.shuffle_buffer), rng=rng_buf)
-            )
-        stages += [render, wds.batched(spec.batch_size, collation_fn=collate, partial=False)]
-        return iter(wds.DataPipeline(*stages))
+def _render_batch(
+    batch: list[Picked],
+    spec: _Spec,
+    aug: MocoV2Augment,
+    rng: random.Random,
+    errors: SampleErrors,
+    stats: LoaderStats,
+) -> list:
+    """Decode and crop each sample; one that fails is replaced by another sample of the same batch drawn
+    anew, so that a batch always consumes exactly batch_size samples of the stream (resume stays exact)."""
+
+    def params_for(w: int, h: int) -> ViewParams:
+        return aug.sample(rng, w, h) if spec.augment else eval_params(w, h)
+
+    out: list = [None] * len(batch)
+    for i, picked in enumerate(batch):
+        try:
+            crops, params = render_views(picked, spec.image_size, params_for)
+        except Exception as exc:
+            errors.record(f"shard {picked.url} key {picked.key}", exc)
+            continue
+        errors.ok()
+        stats.views_decoded += len(picked.data)
+        out[i] = (picked, crops, params)
+    good = [i for i, item in enumerate(out) if item is not None]
+    if not good:
+        raise GeoSSLError(f"no decodable sample in a batch of {len(batch)} (last shard {batch[-1].url})")
+    for i, item in enumerate(out):
+        if item is None:
+            picked = out[good[i % len(good)]][0]
+            crops, params = render_views(picked, spec.image_size, params_for)
+            stats.refilled += 1
+            out[i] = (picked, crops, params)
+    return out
+
+
+_OUT_BUFFERS = BatchBuffers()  # per process; a worker hands out fresh shared-memory batches
 
 
 def _collate_train(items: list, spec: _Spec) -> dict:
     b, n, s = len(items), spec.n_views, spec.image_size
+    # Output memory reused across batches and crops normalised straight into it (augment.BatchBuffers).
     if spec.layout == "pairs":
-        out = torch.empty((n, b, 3, s, s), dtype=torch.float32)
+        out = _OUT_BUFFERS.get((n, b, 3, s, s))
         order = [(i, j) for j in range(n) for i in range(b)]  # view-major: q block, then k block
     else:
-        out = torch.empty((b, n, 3, s, s), dtype=torch.float32)
+        out = _OUT_BUFFERS.get((b, n, 3, s, s))
         order = [(i, j) for i in range(b) for j in range(n)]
-    crops = torch.stack([items[i][1][j] for i, j in order])
-    finish_views(crops, [items[i][2][j] for i, j in order], out=out.view(b * n, 3, s, s))
+    finish_views([items[i][1][j] for i, j in order], None, out=out.view(b * n, 3, s, s))
     geo = torch.tensor([it[0].geo for it in items], dtype=torch.int64)
     category = torch.tensor([it[0].category for it in items], dtype=torch.int64)
     keys = [it[0].key for it in items]
@@ -200,23 +389,40 @@ def _collate_train(items: list, spec: _Spec) -> dict:
     return {"views": out, "geo_cluster": geo, "category": category, "key": keys}
 
 
+def _collate_deferred(batch: list[Picked], spec: _Spec) -> dict:
+    geo = torch.tensor([p.geo for p in batch], dtype=torch.int64)
+    category = torch.tensor([p.category for p in batch], dtype=torch.int64)
+    keys = [p.key for p in batch]
+    if spec.layout == "pairs":
+        q = [p.data[p.fields[0]] for p in batch]
+        k = [p.data[p.fields[1]] for p in batch]
+        return {"q_jpeg": q, "k_jpeg": k, "geo_cluster": geo, "category": category, "key": keys}
+    views = [[p.data[f] for f in p.fields] for p in batch]
+    return {"views_jpeg": views, "geo_cluster": geo, "category": category, "key": keys}
+
+
 class _EvalStream(IterableDataset):
-    def __init__(
-        self,
-        shards: list[str],
-        storage_options: dict | None,
-        image_size: int,
-        batch_size: int,
-        all_views: bool,
-    ):
-        self.shards, self.storage_options = shards, storage_options
-        self.image_size, self.batch_size, self.all_views = image_size, batch_size, all_views
+    def __init__(self, source: _Source, image_size: int, batch_size: int, all_views: bool, strict: bool):
+        self.source, self.image_size, self.batch_size = source, image_size, batch_size
+        self.all_views, self.strict = all_views, strict
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except GeoSSLError as exc:
+            if get_worker_info() is None:
+                raise
+            yield _Failure(exc)
+
+    def _batches(self):
         worker, n_workers = _worker()
         stats = LoaderStats()
-        errors = SampleErrors(stats, strict=False)
+        errors = SampleErrors(stats, strict=self.strict)
         size = self.image_size
+
+        def samples():
+            for shard in range(worker, len(self.source.shards), n_workers):
+                yield from self.source.read(Slice(shard, 0, self.source.counts[shard]), errors)
 
         def views(src):
             for sample in src:
@@ -246,14 +452,17 @@ class _EvalStream(IterableDataset):
             keys = [it[0].key for it in items]
             return {"image": images, "category": category, "geo_cluster": geo, "key": keys}, stats.take()
 
-        return iter(
-            wds.DataPipeline(
-                lambda: iter(self.shards[worker::n_workers]),
-                lambda urls: shard_samples(urls, self.storage_options, stats, errors, forever=False),
-                views,
-                wds.batched(self.batch_size, collation_fn=collate, partial=True),
-            )
-        )
+        batch: list = []
+        for item in views(samples()):
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch:
+            yield collate(batch)
+        elif stats.corrupt or stats.shards_opened:
+            # ship the counts of a tail that delivered nothing (e.g. a shard with only missing samples)
+            yield None, stats.take()
 
 
 def _worker_init(_: int) -> None:
@@ -275,9 +484,12 @@ def _fixed_mmap_threshold(nbytes: int = 128 * 1024) -> None:
         pass  # not glibc: nothing to tune
 
 
-def _batches(dataset: IterableDataset, num_workers: int) -> Iterator:
+def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
+    """The dataset's items, from worker processes when num_workers > 0; a worker's error re-raised here
+    as the same one-line error (not PyTorch's wrapped traceback)."""
     if num_workers == 0:
-        return iter(dataset)
+        yield from dataset
+        return
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -285,40 +497,61 @@ def _batches(dataset: IterableDataset, num_workers: int) -> Iterator:
         worker_init_fn=_worker_init,
         persistent_workers=False,
     )
-    return iter(loader)
+    it = iter(loader)
+    try:
+        for item in it:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        del it  # shuts the workers down
 
 
 class StreamingLoader:
     """An epoch of exactly `len(self)` batches per rank; iterate once per epoch after `set_epoch`."""
 
-    def __init__(self, spec: _Spec, steps: int, num_workers: int):
-        self._spec, self._steps, self.num_workers = spec, steps, num_workers
+    def __init__(self, spec: _Spec, num_workers: int):
+        self._spec, self.num_workers = spec, num_workers
         self.epoch = 0
+        self._start_step = 0
         self._epoch_set = True
         self.stats = LoaderStats()
 
     def __len__(self) -> int:
-        return self._steps
+        return self._spec.plan.steps
+
+    @property
+    def plan(self) -> EpochPlan:
+        """Steps, samples used and the remainder dropped per epoch (`plan.describe()` for a line)."""
+        return self._spec.plan
 
     @property
     def shards(self) -> list[str]:
-        return list(self._spec.shards)
+        return list(self._spec.source.shards)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._epoch_set = int(epoch), True
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Next iteration: epoch `epoch`, from batch `start_step` on (a mid-epoch resume)."""
+        if not 0 <= int(start_step) <= len(self):
+            raise GeoSSLError(f"start_step {start_step} is outside the epoch's {len(self)} steps")
+        self.epoch, self._start_step, self._epoch_set = int(epoch), int(start_step), True
 
     def __iter__(self) -> Iterator[dict]:
         if not self._epoch_set:
-            self.epoch += 1
+            self.epoch, self._start_step = self.epoch + 1, 0
         self._epoch_set = False
-        it = _batches(_TrainStream(replace(self._spec, epoch=self.epoch)), self.num_workers)
+        spec = replace(self._spec, epoch=self.epoch, start_step=self._start_step)
+        self._start_step = 0
+        left = spec.plan.steps - spec.start_step
+        if left <= 0:
+            return
+        it = _items(_TrainStream(spec), self.num_workers)
         try:
-            for _ in range(self._steps):
+            for _ in range(left):
                 batch, delta = next(it)
                 self.stats.add(delta)
                 yield batch
         finally:
-            del it  # shuts the workers down
+            it.close()
 
 
 class EvalLoader:
@@ -332,26 +565,38 @@ class EvalLoader:
         batch_size: int,
         num_workers: int,
         all_views: bool,
+        strict: bool = False,
+        cache_dir: str | None = None,
+        cache_limit: int | str = "20G",
     ):
         self.shards, self.storage_options = shards, storage_options
         self.image_size, self.batch_size, self.all_views = image_size, batch_size, all_views
         self.num_workers = min(num_workers, len(shards))
+        self.strict = strict
         self.stats = LoaderStats()
+        self._counts = shard_counts(shards, storage_options)
+        self._source = _Source(
+            shards,
+            [s for s, _ in self._counts],
+            storage_options,
+            cache_dir=cache_dir,
+            cache_limit=cache_limit,
+        )
         self._len: int | None = None
 
     def __len__(self) -> int:
         if self._len is None:
-            counts = shard_counts(self.shards, self.storage_options)
-            n = [v if self.all_views else s for s, v in counts]
+            n = [v if self.all_views else s for s, v in self._counts]
             workers = max(1, self.num_workers)
             self._len = sum(math.ceil(sum(n[w::workers]) / self.batch_size) for w in range(workers))
         return self._len
 
     def __iter__(self) -> Iterator[dict]:
-        ds = _EvalStream(self.shards, self.storage_options, self.image_size, self.batch_size, self.all_views)
-        for batch, delta in _batches(ds, self.num_workers):
+        ds = _EvalStream(self._source, self.image_size, self.batch_size, self.all_views, self.strict)
+        for batch, delta in _items(ds, self.num_workers):
             self.stats.add(delta)
-            yield batch
+            if batch is not None:
+                yield batch
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -364,14 +609,24 @@ def _train_loader(
         raise GeoSSLError(f"rank {rank} is outside world_size {world_size}")
     if cfg.batch_size < 1 or cfg.image_size < 8 or n_views < 1:
         raise GeoSSLError("batch_size, n_views must be >= 1 and image_size >= 8")
+    if cfg.decode not in _DECODE_MODES:
+        raise GeoSSLError(f"decode={cfg.decode!r}: choose one of {', '.join(_DECODE_MODES)}")
+    if cfg.cache_dir:
+        ShardCache(cfg.cache_dir, cfg.cache_limit)  # checks the folder and the limit up front
     shards = resolve_shards(cfg.urls, cfg.split, cfg.storage_options)
-    total = cfg.epoch_samples
-    if total is None:
-        total = sum(s for s, _ in shard_counts(shards, cfg.storage_options))
-    steps = max(1, int(total) // (world_size * cfg.batch_size))
+    pairs = shard_counts(shards, cfg.storage_options)
+    counts = [s for s, _ in pairs]
+    augment_for(cfg.crop, cfg.image_size)  # checks the name up front
+    unit_views = None
+    if check_unit(cfg.epoch_unit) == "image":  # plan over views: each location once per view
+        unit_views = shard_views(shards, pairs, cfg.storage_options)
+        counts = unit_counts(unit_views)
+    plan = plan_epoch(counts, cfg.batch_size, world_size, cfg.epoch_samples)
+    n_workers = max(1, min(cfg.num_workers, plan.steps))
+    source = _Source(shards, counts, cfg.storage_options, cfg.cache_dir, cfg.cache_limit, cfg.read_attempts)
     spec = _Spec(
-        shards=shards,
-        storage_options=cfg.storage_options,
+        source=source,
+        plan=plan,
         batch_size=cfg.batch_size,
         image_size=cfg.image_size,
         n_views=n_views,
@@ -380,20 +635,26 @@ def _train_loader(
         shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed,
         strict=cfg.strict,
+        n_workers=n_workers,
         rank=rank,
         world_size=world_size,
         layout=layout,
+        decode=cfg.decode,
+        unit_views=unit_views,
+        crop=cfg.crop,
     )
-    return StreamingLoader(spec, steps, cfg.num_workers)
+    return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0)
 
 
 def pretrain_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> StreamingLoader:
-    """MoCo pairs: dict items {"q", "k": float32 [B, 3, S, S], "geo_cluster", "category": int64 [B], "key"}."""
+    """MoCo pairs: dict items {"q", "k": float32 [B, 3, S, S], "geo_cluster", "category": int64 [B], "key"}
+    (with decode="defer": "q_jpeg", "k_jpeg": list[bytes] instead of "q", "k")."""
     return _train_loader(cfg, 2, rank, world_size, "pairs")
 
 
 def views_loader(cfg: LoaderConfig, n_views: int, rank: int = 0, world_size: int = 1) -> StreamingLoader:
-    """N views per location: dict items {"views": float32 [B, N, 3, S, S], "geo_cluster", "category", "key"}."""
+    """N views per location: dict items {"views": float32 [B, N, 3, S, S], "geo_cluster", "category", "key"}
+    (with decode="defer": "views_jpeg": list[list[bytes]] instead of "views")."""
     return _train_loader(cfg, n_views, rank, world_size, "views")
 
 
@@ -405,9 +666,23 @@ def eval_loader(
     split: str | None = None,
     all_views: bool = True,
     storage_options: dict | None = None,
+    strict: bool = False,
+    cache_dir: str | None = None,
+    cache_limit: int | str = "20G",
 ) -> EvalLoader:
     """Dict items {"image": float32 [B, 3, S, S], "category", "geo_cluster": int64 [B], "key"}; eval transform
     (Resize(S) + CenterCrop(S) + ImageNet normalisation). Keys are `{key}/{NN}` per view with
-    all_views=True (every stored view), else the location key with its first (oldest) view."""
+    all_views=True (every stored view), else the location key with its first (oldest) view. Skipped
+    samples are counted in `.stats` (strict=True raises instead)."""
     shards = resolve_shards(urls, split, storage_options)
-    return EvalLoader(shards, storage_options, image_size, batch_size, num_workers, all_views)
+    return EvalLoader(
+        shards,
+        storage_options,
+        image_size,
+        batch_size,
+        num_workers,
+        all_views,
+        strict,
+        cache_dir,
+        cache_limit,
+    )

@@ -35,7 +35,9 @@ class Picked:
 def read_meta(sample: dict) -> tuple[dict, list[str], int, int]:
     try:
         meta = json.loads(sample["json"])
-        fields = [str(v["field"]) for v in meta["views"]]
+        # --layout views (schemas/SAMPLE_FORMAT.md): each sample is one view, its image the `jpg` member
+        views = meta["views"] if "views" in meta or "view_index" not in meta else [{"field": "jpg"}]
+        fields = [str(v["field"]) for v in views]
         category = int(meta["category_index"])
         cluster = int(meta["cluster"])
     except KeyError as exc:

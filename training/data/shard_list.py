@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tarfile
 from collections.abc import Sequence
 
 import braceexpand
 import fsspec
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.storage import options_for  # the command's --storage-* settings
 
 
 def resolve_shards(
@@ -24,7 +24,7 @@ def resolve_shards(
             if url.endswith(".tar"):
                 out.append(url)
                 continue
-            fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            fs, path = fsspec.core.url_to_fs(url, **(storage_options or options_for(url)))
             if not fs.isdir(path):
                 raise GeoSSLError(f"{url}: not a .tar shard nor a folder of shards")
             prefix = f"{split}-" if split else ""
@@ -50,7 +50,7 @@ def is_local(url: str) -> bool:
 def open_shard(url: str, storage_options: dict | None):
     if is_local(url):
         return open(url.removeprefix("file://"), "rb", buffering=1 << 20)
-    return fsspec.open(url, "rb", **(storage_options or {})).open()
+    return fsspec.open(url, "rb", **(storage_options or options_for(url))).open()
 
 
 def shard_counts(shards: Sequence[str], storage_options: dict | None = None) -> list[tuple[int, int]]:
@@ -69,7 +69,7 @@ def _manifest_counts(folder: str, storage_options: dict | None) -> dict[str, tup
 
     url = join_url(folder, "manifest.parquet") if folder else "manifest.parquet"
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or options_for(url)))
         if not fs.exists(path):
             return {}
         with fs.open(path, "rb") as f:
@@ -82,13 +82,21 @@ def _manifest_counts(folder: str, storage_options: dict | None) -> dict[str, tup
 
 
 def _scan_counts(url: str, storage_options: dict | None) -> tuple[int, int]:
+    """Count samples (groups of members sharing a key, as the loader reads them) and views (jpg members)
+    from the headers only; damage is passed over here and reported when the loader reads the shard."""
+    from geo_ssl.training.data.tar_stream import sample_key, tar_entries
+
     samples = views = 0
+    last = None
     try:
-        with open_shard(url, storage_options) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                name = posixpath.basename(member.name)
-                samples += name.endswith(".json")
+        with open_shard(url, storage_options) as f:
+            for name, _ in tar_entries(f, url, lambda _name: False, lambda _msg: None):
+                key = sample_key(name)
+                if key is None:
+                    continue
+                if key != last:
+                    samples, last = samples + 1, key
                 views += name.endswith(".jpg")
-    except (OSError, tarfile.TarError) as exc:
+    except OSError as exc:
         raise GeoSSLError(f"{url}: cannot read shard ({exc})") from exc
     return samples, views

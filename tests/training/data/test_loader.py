@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ from geo_ssl.training.data.loader import (
     views_loader,
 )
 from geo_ssl.training.data.selection import choose_views
+from tests.s3_support import bucket_fs, moto_server
 from tests.shard_fixtures import make_sample, make_tiny_shards, write_shard
 
 S = 32  # output size used throughout; stored views have shorter side 64
@@ -248,45 +248,14 @@ def test_eval_loader_is_deterministic_and_complete(shards, num_workers):
     assert sorted(k for batch in firsts for k in batch["key"]) == sorted(truth)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_shards(shards, tmp_path_factory):
+def s3_shards(shards):
     """The same shards on a real S3 endpoint (moto server on loopback)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE"]}
-    os.environ.update(env)
-    os.environ.pop("AWS_PROFILE", None)
-    try:
-        import s3fs
-
-        options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("geo-ssl-test")
+    with moto_server("geo-ssl-loader-test") as endpoint:
+        fs = bucket_fs(endpoint)
         for name in sorted(os.listdir(shards)):
-            fs.put_file(os.path.join(shards, name), f"geo-ssl-test/shards/{name}")
-        yield "s3://geo-ssl-test/shards", options
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            fs.put_file(os.path.join(shards, name), f"geo-ssl-loader-test/shards/{name}")
+        yield "s3://geo-ssl-loader-test/shards", {"client_kwargs": {"endpoint_url": endpoint}}
 
 
 def test_s3_reads_the_same_samples_as_local(shards, s3_shards):

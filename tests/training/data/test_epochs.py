@@ -1,0 +1,235 @@
+"""Exact epochs: every location once per epoch over ranks and workers, (seed, epoch) orders, resume.
+
+Most of the rank x worker matrix calls the loader for rank r of world w in this process (each rank's loader
+only depends on (rank, world_size)); real torchrun with gloo covers 2 and 3 ranks with worker processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.training.data.epoch_plan import plan_epoch, positions
+from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader, views_loader
+from tests.shard_fixtures import make_tiny_shards
+
+REPO = Path(__file__).resolve().parents[3]
+S = 16
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory) -> tuple[str, set[str]]:
+    """3 shards of 5, 10 and 15 locations: fewer shards than 3 ranks x 2 workers."""
+    folder = tmp_path_factory.mktemp("uneven")
+    make_tiny_shards(folder, n_locations=30, n_shards=3, uneven=True, image_size=24)
+    return str(folder), {f"train-{k}" for k in _all_keys(folder)}
+
+
+def _all_keys(folder) -> list[str]:
+    import webdataset as wds
+
+    from geo_ssl.training.data.loader import resolve_shards
+
+    return [
+        s["__key__"].removeprefix("train-")
+        for s in wds.WebDataset(resolve_shards(str(folder)), shardshuffle=False)
+    ]
+
+
+def _cfg(urls: str, **kw) -> LoaderConfig:
+    base = dict(batch_size=5, image_size=S, num_workers=0, shuffle_buffer=4, seed=0, decode="defer")
+    base.update(kw)
+    return LoaderConfig(urls=urls, **base)
+
+
+def _epoch_keys(cfg: LoaderConfig, world: int, epoch: int) -> list[list[str]]:
+    """Per rank: the keys in batch order."""
+    out = []
+    for rank in range(world):
+        loader = pretrain_loader(cfg, rank=rank, world_size=world)
+        loader.set_epoch(epoch)
+        batches = [b["key"] for b in loader]
+        assert len(batches) == len(loader) and all(len(b) == cfg.batch_size for b in batches)
+        out.append([k for b in batches for k in b])
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_every_location_once_per_epoch(uneven, world, workers):
+    folder, truth = uneven
+    cfg = _cfg(folder, num_workers=workers)
+    e0 = _epoch_keys(cfg, world, 0)
+    assert len({len(keys) for keys in e0}) == 1  # equal steps on every rank
+    flat0 = [k for keys in e0 for k in keys]
+    assert len(flat0) == len(set(flat0)) == 30 and set(flat0) == truth  # 30 = 2..6 global batches exactly
+    e1 = [k for keys in _epoch_keys(cfg, world, 1) for k in keys]
+    assert sorted(e1) == sorted(flat0) and e1 != flat0  # the next epoch: all again, in another order
+    if workers != 1:
+        again = [k for keys in _epoch_keys(cfg, world, 0) for k in keys]
+        assert again == flat0  # same seed, same epoch: same order
+        other = [k for keys in _epoch_keys(_cfg(folder, num_workers=workers, seed=1), world, 0) for k in keys]
+        assert other != flat0
+
+
+def test_remainder_below_one_global_batch_is_dropped_and_reported(tmp_path):
+    make_tiny_shards(tmp_path, n_locations=29, n_shards=2, image_size=24)
+    cfg = _cfg(str(tmp_path), batch_size=4)
+    loader = pretrain_loader(cfg, rank=0, world_size=2)
+    plan = loader.plan.as_dict()
+    assert plan == dict(samples=29, used=24, global_batch=8, steps=3, remainder=5, remainder_policy="drop")
+    assert "5 samples below one global batch dropped" in loader.plan.describe()
+    dropped = []
+    for epoch in range(3):
+        keys = [k for rank_keys in _epoch_keys(cfg, 2, epoch) for k in rank_keys]
+        assert len(keys) == len(set(keys)) == 24
+        dropped.append(frozenset(_all_keys(tmp_path)) - {k.removeprefix("train-") for k in keys})
+    assert all(len(d) == 5 for d in dropped) and len(set(dropped)) > 1  # a different set each epoch
+
+
+def test_split_smaller_than_a_global_batch_is_refused(uneven):
+    with pytest.raises(GeoSSLError, match="less than one global batch"):
+        pretrain_loader(_cfg(uneven[0], batch_size=16), rank=0, world_size=2)
+
+
+def test_epoch_samples_beyond_the_split_repeat_evenly(uneven):
+    folder, truth = uneven
+    keys = _epoch_keys(_cfg(folder, epoch_samples=75, num_workers=2), 1, 0)[0]
+    counts = collections.Counter(keys)
+    assert len(keys) == 75 and set(counts) == truth and set(counts.values()) == {2, 3}
+
+
+def test_positions_cover_passes_in_shuffled_shard_order():
+    counts = [3, 0, 5, 2]
+    slices = positions(counts, seed=7, epoch=0, begin=0, end=20)
+    per_pass = [sl for sl in slices]
+    assert sum(sl.stop - sl.start for sl in per_pass) == 20
+    assert all(counts[sl.shard] and 0 <= sl.start < sl.stop <= counts[sl.shard] for sl in slices)
+    assert plan_epoch(counts, 3, 2, None).steps == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_gives_identical_batches_without_decoding_the_skipped(uneven, workers):
+    folder, _ = uneven
+    cfg = _cfg(folder, decode="cpu", batch_size=3, num_workers=workers)
+    full_loader = pretrain_loader(cfg)
+    full_loader.set_epoch(2)
+    full = list(full_loader)
+    assert len(full) == 10
+    for start in (3, 4):  # 4 with 2 workers: the resume starts on the other worker
+        resumed_loader = pretrain_loader(cfg)
+        resumed_loader.set_epoch(2, start_step=start)
+        resumed = list(resumed_loader)
+        assert len(resumed) == 10 - start
+        for a, b in zip(full[start:], resumed, strict=True):
+            assert a["key"] == b["key"] and torch.equal(a["q"], b["q"]) and torch.equal(a["k"], b["k"])
+        decoded = resumed_loader.stats.views_decoded
+        assert 0 < decoded < full_loader.stats.views_decoded * (10 - start + 0.5) / 10
+    # the iteration after a resumed one is a whole epoch again
+    assert len(list(resumed_loader)) == 10
+
+
+def test_views_loader_resume_and_deferred_views(uneven):
+    folder, truth = uneven
+    cfg = _cfg(folder, batch_size=6)
+    loader = views_loader(cfg, n_views=3)
+    batches = list(loader)
+    assert len(batches) == 5 and {k for b in batches for k in b["key"]} == truth
+    jpegs = batches[0]["views_jpeg"]
+    assert len(jpegs) == 6 and all(len(v) == 3 and all(x[:2] == b"\xff\xd8" for x in v) for v in jpegs)
+    loader.set_epoch(0, start_step=2)
+    assert [b["key"] for b in loader] == [b["key"] for b in batches[2:]]
+    pairs = next(iter(pretrain_loader(cfg)))
+    assert set(pairs) == {"q_jpeg", "k_jpeg", "geo_cluster", "category", "key"}
+    assert pairs["geo_cluster"].dtype == torch.int64 and len(pairs["q_jpeg"]) == 6
+
+
+def test_torchrun_ranks_see_every_location_once(uneven, tmp_path):
+    """Real torchrun (gloo): 3 ranks x 2 workers over 3 uneven shards (one run: each costs seconds)."""
+    folder, truth = uneven
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for nproc, workers in ((3, 2),):
+        out = tmp_path / f"run{nproc}"
+        out.mkdir()
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            str(REPO / "tests/training/data/epoch_probe.py"), folder, str(out), "--workers", str(workers),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+        assert {r["world"] for r in ranks} == {nproc} and len({r["steps"] for r in ranks}) == 1
+        orders = []
+        for epoch in range(2):
+            keys = [k for r in ranks for batch in r["epochs"][epoch] for k in batch]
+            assert len(keys) == len(set(keys)) == 30 and set(keys) == truth
+            orders.append(keys)
+        assert orders[0] != orders[1]
+        # the same as the in-process loader for rank r of world w
+        assert orders[0] == [
+            k for keys in _epoch_keys(_cfg(folder, num_workers=workers), nproc, 0) for k in keys
+        ]
+
+
+def test_kill_mid_epoch_then_resume_gives_the_same_batches(uneven, tmp_path):
+    """A real process with 2 loader workers is killed (SIGKILL) mid-epoch; a new one resumes at the first
+    batch not written: together they write exactly the batches of an uninterrupted epoch."""
+    import signal
+    import time
+
+    from tests.training.data.epoch_probe import digest
+
+    folder, _ = uneven
+    cfg = _cfg(folder, decode="cpu", batch_size=3, num_workers=2)
+    loader = pretrain_loader(cfg)
+    loader.set_epoch(1)
+    straight = [{"step": i, "keys": b["key"], "digest": digest(b)} for i, b in enumerate(loader)]
+    lines = tmp_path / "batches.jsonl"
+    probe = str(REPO / "tests/training/data/epoch_probe.py")
+    base = [sys.executable, probe, folder, str(lines), "--digests", "--epoch", "1", "--workers", "2",
+            "--batch-size", "3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*base, "--pause", "0.5"], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not lines.exists() or len(lines.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its loader workers
+    finally:
+        proc.wait(timeout=30)
+    done = [json.loads(x) for x in lines.read_text().splitlines()]
+    assert 3 <= len(done) < 10
+    subprocess.run([*base, "--start-step", str(len(done))], env=env, check=True, timeout=120)
+    assert [json.loads(x) for x in lines.read_text().splitlines()] == straight
+
+
+def test_slices_start_inside_a_shard_on_seekable_and_piped_streams(uneven):
+    """A worker's slice [start, stop) of a shard: the members before start are passed over (a seek on a
+    file, a read on a pipe), and the samples come out exactly as in a full read."""
+    from geo_ssl.training.data.tar_stream import LoaderStats, SampleErrors, slice_samples
+
+    folder, _ = uneven
+    shard = os.path.join(folder, "train-000002.tar")  # 15 samples
+    errors = SampleErrors(LoaderStats(), strict=True)
+    with open(shard, "rb") as f:
+        full = list(slice_samples(f, shard, 0, 15, errors))
+    assert len(full) == 15
+    with open(shard, "rb") as f:
+        part = list(slice_samples(f, shard, 4, 9, errors))
+    proc = subprocess.Popen(["cat", shard], stdout=subprocess.PIPE)
+    try:
+        assert not proc.stdout.seekable()
+        piped = list(slice_samples(proc.stdout, shard, 4, 9, errors))
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    assert part == piped == full[4:9]
+    assert errors.stats.corrupt == errors.stats.missing == 0

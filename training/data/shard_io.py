@@ -1,0 +1,184 @@
+"""Opening shards for reading: transient storage errors are retried with backoff, re-opening at the byte
+where the read broke, so a retry never loses or repeats a sample; optionally through a local cache.
+
+An I/O error is not a data error: after the retries the read fails with `ShardReadError` naming the
+shard and the byte offset (the run stops and is resumed later), it is never counted as a corrupt sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.training.data.shard_list import open_shard
+
+
+class ShardReadError(GeoSSLError):
+    """A shard could not be read after the retries (storage down, credentials, network)."""
+
+    transient = False  # True: the store did not answer (worth a later retry), not a refusal
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`attempts` reads in all per failure stretch; waits backoff, 2x backoff, ... capped at max_wait."""
+
+    attempts: int = 6
+    backoff: float = 0.25
+    max_wait: float = 8.0
+
+    def wait(self, failure: int) -> float:
+        return min(self.max_wait, self.backoff * 2 ** (failure - 1))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Storage and network errors are worth a retry; our own errors and programming errors are not."""
+    if isinstance(
+        exc,
+        GeoSSLError
+        | MemoryError
+        | FileNotFoundError
+        | PermissionError
+        | IsADirectoryError
+        | NotADirectoryError,
+    ):
+        return False
+    return isinstance(exc, OSError | TimeoutError | ConnectionError | EOFError) or _is_client_error(exc)
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """A storage client's network-level error; missing credentials or region are not worth a retry."""
+    name, module = type(exc).__name__, type(exc).__module__ or ""
+    if "Credentials" in name or "NoRegion" in name or "ParamValidation" in name:
+        return False
+    return module.split(".")[0] in {
+        "botocore",
+        "aiobotocore",
+        "aiohttp",
+        "urllib3",
+        "requests",
+        "gcsfs",
+        "s3fs",
+    }
+
+
+class RetryingStream:
+    """A read-only stream over one shard that survives transient errors.
+
+    Each failed read or open is retried after a growing wait on a fresh handle positioned at the byte
+    offset reached so far (a seek: one ranged GET on object storage). `on_retry(message)` is called for
+    each retry, so the loader can count them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        opener: Callable[[], object],
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ):
+        self.url, self._opener = url, opener
+        self.policy = policy or RetryPolicy()
+        self._on_retry = on_retry or (lambda _msg: None)
+        self._f = None
+        self.pos = 0
+        self._open_at(0)
+
+    # -- the stream protocol the tar reader uses
+    def read(self, n: int = -1) -> bytes:
+        return self._with_retries("read", lambda: self._f.read(n), advance=True)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise ValueError("only absolute seeks")
+        self._with_retries("seek", lambda: self._f.seek(pos))
+        self.pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except Exception:
+                pass
+            self._f = None
+
+    def __enter__(self) -> RetryingStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- retries
+    def _open_at(self, pos: int) -> None:
+        def attempt():
+            f = self._opener()
+            if pos:
+                try:
+                    f.seek(pos)
+                except (OSError, ValueError, AttributeError, NotImplementedError):
+                    _discard(f, pos)
+            return f
+
+        failures = 0
+        while True:
+            try:
+                self._f = attempt()
+                return
+            except Exception as exc:
+                failures = self._failed("open", exc, failures)
+
+    def _with_retries(self, what: str, op: Callable, advance: bool = False):
+        failures = 0
+        while True:
+            try:
+                out = op()
+            except Exception as exc:
+                failures = self._failed(what, exc, failures)
+                self.close()
+                self._open_at(self.pos)
+                continue
+            if advance:
+                self.pos += len(out)
+            return out
+
+    def _failed(self, what: str, exc: BaseException, failures: int) -> int:
+        failures += 1
+        if not _transient(exc) or failures >= self.policy.attempts:
+            tried = f" after {failures} attempts" if _transient(exc) else ""
+            raise ShardReadError(
+                f"shard {self.url}: {what} failed at byte {self.pos}{tried} ({type(exc).__name__}: {exc}); "
+                "the samples read so far are kept, rerun with --resume once storage answers"
+            ) from exc
+        wait = self.policy.wait(failures)
+        self._on_retry(
+            f"shard {self.url}: {what} at byte {self.pos} failed ({type(exc).__name__}), retry in {wait:.2f} s"
+        )
+        time.sleep(wait)
+        return failures
+
+
+def _discard(f, n: int) -> None:
+    while n > 0:
+        got = len(f.read(min(n, 1 << 20)))
+        if not got:
+            raise EOFError("shard shorter than the offset to resume at")
+        n -= got
+
+
+def open_with_retries(
+    url: str,
+    storage_options: dict | None,
+    policy: RetryPolicy | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> RetryingStream:
+    """Open one shard (local path or fsspec URL) for a sequential, retrying read."""
+    return RetryingStream(url, lambda: open_shard(url, storage_options), policy, on_retry)
