@@ -1,0 +1,1 @@
+"""GeoImageNet: ImageNet URL lists -> Flickr coordinates (rate-limited harvest, YFCC join) -> geo index -> shards."""
