@@ -1,4 +1,5 @@
-"""Facts about the fMoW-rgb on-disk layout: the 62 categories, path grammar, views per location."""
+"""Facts about the fMoW-rgb on-disk layout: the 62 categories, path grammars (labelled train/val and the
+anonymised test/seq), views per location."""
 
 from __future__ import annotations
 
@@ -34,6 +35,35 @@ PATH_RE = re.compile(
     r"(?:^|/)(?P<split>[^/]+)/(?P<category>[^/]+)/(?P<location_id>(?P=category)_(?P<loc>\d+))/"
     r"(?P=location_id)_(?P<view>\d+)_(?P<kind>rgb|msrgb)\.(?P<ext>jpg|json)$"
 )
+
+
+#: The anonymised test and seq layouts: `{split}/{id}/{id}_{view}_{kind}.{ext}`, e.g.
+#: `test/0011978/0011978_0_rgb.jpg`. The location id is the folder's number; the category is unknown.
+ANON_PATH_RE = re.compile(
+    r"(?:^|/)(?P<split>[^/]+)/(?P<location_id>[0-9]+)/"
+    r"(?P=location_id)_(?P<view>\d+)_(?P<kind>rgb|msrgb)\.(?P<ext>jpg|json)$"
+)
+#: What a view without a category (the anonymised layouts) stores: the schema's columns are not
+#: nullable, so the name is "unknown" and the index -1 (no class of a category classifier).
+UNKNOWN_CATEGORY = "unknown"
+UNKNOWN_CATEGORY_INDEX = -1
+#: Anonymised location folders are indexed in parts of up to this many consecutive ids.
+ANON_PART_SIZE = 1000
+
+
+def match_view_path(path: str) -> re.Match | None:
+    """The fMoW path grammar's match (groups split, location_id, view, kind, ext), either layout."""
+    return PATH_RE.search(path) or ANON_PATH_RE.search(path)
+
+
+def is_anonymised_folder(name: str) -> bool:
+    """An anonymised location folder (`0011978`): ASCII digits only, never an fMoW category name."""
+    return name.isascii() and name.isdigit()
+
+
+def anonymised_part(name: str) -> str:
+    """The index part that holds anonymised location folder `name`: ids by blocks of ANON_PART_SIZE."""
+    return f"{UNKNOWN_CATEGORY}-{int(name) // ANON_PART_SIZE:05d}"
 
 
 def location_key(split: str, location_id: str) -> str:

@@ -9,6 +9,13 @@ the ring's vertices as in WILDS, whose repeated closing vertex pulls the point t
 
 A required field that is absent from the JSON is `missing_field`; one that is present but null, empty
 or invalid gets the specific code (bad_polygon, bad_coordinates, bad_timestamp, bad_box).
+
+Paths follow either the labelled layout `{split}/{category}/{category}_{loc}/{category}_{loc}_{view}_rgb.jpg`
+or the anonymised test/seq layout `{split}/{id}/{id}_{view}_rgb.jpg`; an anonymised view has no category
+(`category` "unknown", `category_index` -1) and its location id is the folder's number.
+
+A box that crosses the image edge is clipped to the image and flagged (`box_clipped`), as the fMoW
+baseline clamps its crop to the image; only a box with no area inside the image is rejected (bad_box).
 """
 
 from __future__ import annotations
@@ -30,7 +37,15 @@ from shapely.errors import ShapelyError
 from shapely.validation import explain_validity
 
 from geo_ssl.pipeline.common.errors import RejectError
-from geo_ssl.pipeline.fmow.layout import CATEGORIES, CATEGORY_INDEX, PATH_RE, location_key
+from geo_ssl.pipeline.fmow.layout import (
+    ANON_PATH_RE,
+    CATEGORIES,
+    CATEGORY_INDEX,
+    PATH_RE,
+    UNKNOWN_CATEGORY,
+    UNKNOWN_CATEGORY_INDEX,
+    location_key,
+)
 
 #: Fields without which a view cannot be indexed.
 REQUIRED_FIELDS = ("raw_location", "timestamp", "bounding_boxes")
@@ -105,14 +120,28 @@ class ViewRecord:
     img_width: int
     img_height: int
     file_size: int
+    box_clipped: bool = False  # the JSON's box crossed the image edge; `box` is its part inside
 
 
 def parse_layout_path(path: str) -> LayoutPath:
-    """Parse a path ending in `{split}/{category}/{category}_{loc}/{category}_{loc}_{view}_{kind}.{ext}`."""
+    """Parse a path ending in `{split}/{category}/{category}_{loc}/{category}_{loc}_{view}_{kind}.{ext}`,
+    or in the anonymised `{split}/{id}/{id}_{view}_{kind}.{ext}` (category unknown)."""
     m = PATH_RE.search(path)
     if not m:
+        anon = ANON_PATH_RE.search(path)
+        if anon:
+            return LayoutPath(
+                split=anon["split"],
+                category=UNKNOWN_CATEGORY,
+                category_index=UNKNOWN_CATEGORY_INDEX,
+                location_id=anon["location_id"],
+                view_id=int(anon["view"]),
+                kind=anon["kind"],
+            )
         raise RejectError(
-            "bad_path", f"{path} does not follow {{split}}/{{category}}/{{category}}_{{loc}}/..."
+            "bad_path",
+            f"{path} does not follow {{split}}/{{category}}/{{category}}_{{loc}}/... "
+            "nor the anonymised {split}/{id}/{id}_{view}_...",
         )
     category = m["category"]
     if category not in CATEGORY_INDEX:
@@ -217,10 +246,17 @@ def object_box(bounding_boxes: Any) -> tuple[int, int, int, int]:
     raise RejectError("bad_box", "bounding_boxes holds only whole-image entries (ID -1), no object box")
 
 
-def check_box_inside(box: tuple[int, int, int, int], width: int, height: int) -> None:
+def clip_box(
+    box: tuple[int, int, int, int], width: int, height: int
+) -> tuple[tuple[int, int, int, int], bool]:
+    """(the box's part inside the width x height image, whether it had to be clipped); a box with no area
+    inside the image is rejected."""
     x, y, w, h = box
-    if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise RejectError("bad_box", f"box {list(box)} reaches outside the {width}x{height} image")
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x1 <= x0 or y1 <= y0:
+        raise RejectError("bad_box", f"box {list(box)} has no area inside the {width}x{height} image")
+    clipped = (x0, y0, x1 - x0, y1 - y0)
+    return clipped, clipped != tuple(box)
 
 
 def parse_metadata(meta: dict[str, Any]) -> FmowMetadata:
@@ -288,7 +324,7 @@ def read_view(
             info = probe_jpeg(f, size)
     except OSError as exc:
         raise RejectError("unreadable_image", f"cannot read the image file ({exc})") from None
-    check_box_inside(meta.box, info.width, info.height)
+    box, box_clipped = clip_box(meta.box, info.width, info.height)
     return ViewRecord(
         location_key=layout.location_key,
         split=layout.split,
@@ -301,7 +337,7 @@ def read_view(
         timestamp_ms=meta.timestamp_ms,
         lat=meta.lat,
         lon=meta.lon,
-        box=meta.box,
+        box=box,
         gsd=meta.gsd,
         cloud_cover=meta.cloud_cover,
         country_code=meta.country_code,
@@ -310,6 +346,7 @@ def read_view(
         img_width=info.width,
         img_height=info.height,
         file_size=size,
+        box_clipped=box_clipped,
     )
 
 

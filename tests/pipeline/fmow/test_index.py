@@ -66,12 +66,12 @@ def meta_at(lon: float, lat: float, timestamp: str = "2015-06-01T08:00:00Z", **e
     return meta
 
 
-GOOD = 7
+GOOD = 8
 EXPECTED_REJECTS = {
     "bad_box": 1,
     "bad_coordinates": 2,
     "bad_json": 2,
-    "bad_path": 2,
+    "bad_path": 1,
     "bad_polygon": 1,
     "bad_timestamp": 1,
     "missing_field": 1,
@@ -82,7 +82,7 @@ EXPECTED_REJECTS = {
 
 
 def build_tree(root: Path) -> Path:
-    """7 good views and 13 rejects (one per problem), plus msrgb siblings that must be ignored."""
+    """8 good views and 12 rejects (one per problem), plus msrgb siblings that must be ignored."""
     # train/fountain_514: three good views; GT-style boxes, a dict box, a +02:00 timestamp.
     write_view(root, "train", "fountain", 514, 0, meta_at(8.58, 47.44, "2012-04-02T10:32:22Z"))
     dict_box = meta_at(8.581, 47.441, "2013-05-03T12:00:00.250+02:00")
@@ -102,7 +102,12 @@ def build_tree(root: Path) -> Path:
     write_view(root, "train", "zoo", 7, 0, nan_meta)
     write_view(root, "train", "zoo", 7, 1, meta_at(-70.1, -33.4), with_image=False)
     outside = meta_at(-70.1, -33.4)
-    outside["bounding_boxes"][1]["box"] = [40, 20, 20, 20]  # the JPEG is 48x32
+    outside["bounding_boxes"][1]["box"] = [
+        48,
+        20,
+        20,
+        20,
+    ]  # no area inside the 48x32 JPEG (edge boxes: clipped)
     write_view(root, "train", "zoo", 7, 2, outside)
     write_view(root, "train", "zoo", 7, 3, meta_at(-70.1, 89.999))  # ring reaches lat 90.003
     write_view(root, "train", "zoo", 7, 4, meta_at(-70.1, -33.4, "04/02/2012 10:32"))
@@ -115,7 +120,7 @@ def build_tree(root: Path) -> Path:
     del no_time["timestamp"]
     write_view(root, "train", "zoo", 7, 8, no_time)
     write_view(root, "train", "zoo", 7, 9, meta_at(-70.1, -33.4), image=b"this is not a jpeg")
-    # Not in the layout: an unknown category folder and the anonymized challenge test layout.
+    # Not in the layout: an unknown category folder. The anonymised test layout is indexed (no category).
     write_view(root, "train", "castle", 1, 0, meta_at(1, 1))
     anonymized = root / "test" / "0011978"
     anonymized.mkdir(parents=True)
@@ -152,7 +157,7 @@ def read_all(out: Path) -> dict:
 def test_counts_reconcile_and_every_problem_is_a_reject(indexed):
     summary, out = indexed
     assert summary.reconciles
-    assert (summary.inputs, summary.written, summary.rejected, summary.skipped) == (20, GOOD, 13, 0)
+    assert (summary.inputs, summary.written, summary.rejected, summary.skipped) == (20, GOOD, 12, 0)
     assert dict(summary.reasons) == EXPECTED_REJECTS
     assert "bad_box=1" in summary.line() and "[ok]" in summary.line()
     t = read_all(out)
@@ -171,7 +176,6 @@ def test_counts_reconcile_and_every_problem_is_a_reject(indexed):
         "zoo_7_8_rgb.json": "missing_field",
         "zoo_7_9_rgb.jpg": "unreadable_image",
         "castle_1_0_rgb.jpg": "bad_path",
-        "0011978_0_rgb.jpg": "bad_path",
     }
     rejects = t["rejects"].to_pylist()
     assert all(r["stage"] == "index-fmow" and r["reason"] in REJECT_REASONS for r in rejects)
@@ -192,7 +196,7 @@ def test_image_rows(indexed, tree):
     by_key = {(r["location_key"], r["view_id"]): r for r in rows}
     assert set(by_key) == {
         ("train-airport_3", 0), ("train-fountain_514", 0), ("train-fountain_514", 1), ("train-fountain_514", 2),
-        ("train-zoo_7", 6), ("val-fountain_9", 0), ("val-fountain_9", 1),
+        ("train-zoo_7", 6), ("val-fountain_9", 0), ("val-fountain_9", 1), ("test-0011978", 0),
     }  # fmt: skip
     r0 = by_key[("train-fountain_514", 0)]
     assert r0["image_path"] == str(tree / "train/fountain/fountain_514/fountain_514_0_rgb.jpg")
@@ -236,7 +240,13 @@ def test_tables_are_valid_geoparquet(indexed):
 def test_locations_table(indexed):
     t = read_all(indexed[1])
     locs = {r["location_key"]: r for r in t["locations"].to_pylist()}
-    assert set(locs) == {"train-airport_3", "train-fountain_514", "train-zoo_7", "val-fountain_9"}
+    assert set(locs) == {
+        "train-airport_3",
+        "train-fountain_514",
+        "train-zoo_7",
+        "val-fountain_9",
+        "test-0011978",
+    }
     f = locs["train-fountain_514"]
     assert f["n_views"] == 3
     assert f["first_timestamp"].isoformat() == "2012-04-02T10:32:22+00:00"
@@ -269,7 +279,7 @@ def test_resume_redoes_only_missing_parts(indexed, tree, tmp_path):
 
 def test_parallel_equals_serial(indexed, tree, tmp_path):
     summary = index_fmow(str(tree), str(tmp_path), workers=2)
-    assert (summary.inputs, summary.written, summary.rejected) == (20, GOOD, 13)
+    assert (summary.inputs, summary.written, summary.rejected) == (20, GOOD, 12)
     serial, parallel = read_all(indexed[1]), read_all(tmp_path)
     for name in serial:
         assert parallel[name].equals(serial[name]), name
@@ -339,7 +349,7 @@ def test_url_root_and_url_output(tree, indexed):
         fs.pipe_file(f"/fmow-url-test/{path.relative_to(tree).as_posix()}", path.read_bytes())
     try:
         summary = index_fmow("memory://fmow-url-test", "memory://fmow-url-index", workers=1)
-        assert (summary.inputs, summary.written, summary.rejected) == (20, GOOD, 13)
+        assert (summary.inputs, summary.written, summary.rejected) == (20, GOOD, 12)
         images = tables.read_table("memory://fmow-url-index/images.parquet", "image_index")
         assert all(p.startswith("memory://fmow-url-test/") for p in images["image_path"].to_pylist())
         local = read_all(indexed[1])["images"]

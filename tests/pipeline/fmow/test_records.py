@@ -13,7 +13,7 @@ from PIL import Image
 
 from geo_ssl.pipeline.common.errors import RejectError
 from geo_ssl.pipeline.fmow.records import (
-    check_box_inside,
+    clip_box,
     footprint_centroid,
     load_json,
     object_box,
@@ -178,10 +178,14 @@ def test_malformed_boxes_are_bad_box(boxes):
     assert reason_of(object_box, boxes) == "bad_box"
 
 
-def test_box_must_lie_inside_the_image():
-    check_box_inside((0, 0, 48, 32), 48, 32)
-    assert reason_of(check_box_inside, (30, 0, 20, 10), 48, 32) == "bad_box"
-    assert reason_of(check_box_inside, (-1, 0, 5, 5), 48, 32) == "bad_box"
+def test_edge_boxes_are_clipped_and_flagged_only_outside_boxes_rejected():
+    assert clip_box((0, 0, 48, 32), 48, 32) == ((0, 0, 48, 32), False)
+    assert clip_box((30, 0, 20, 10), 48, 32) == ((30, 0, 18, 10), True)  # one edge, by 2 px
+    assert clip_box((-1, 0, 5, 5), 48, 32) == ((0, 0, 4, 5), True)
+    assert clip_box((-10, -10, 100, 100), 48, 32) == ((0, 0, 48, 32), True)  # all four edges
+    assert clip_box((47, 31, 5, 5), 48, 32) == ((47, 31, 1, 1), True)  # one pixel inside
+    for outside in [(48, 0, 5, 5), (0, 32, 5, 5), (-5, 0, 5, 5), (0, -9, 4, 9)]:  # touching is not inside
+        assert reason_of(clip_box, outside, 48, 32) == "bad_box"
 
 
 def test_centroid_of_a_rectangle_and_the_wilds_bias():
@@ -326,9 +330,35 @@ def test_layout_path():
     for bad in [
         "train/castle/castle_1/castle_1_0_rgb.jpg",  # not one of the 62 names
         "train/zoo/zoo_1/zoo_2_0_rgb.jpg",  # file name does not match its folder
-        "test/0011978/0011978_0_rgb.jpg",  # anonymized challenge layout
+        "test/0011978/0011979_0_rgb.jpg",  # anonymised layout, file name does not match its folder
+        "test/0011978/x/0011978_0_rgb.jpg",
     ]:
         assert reason_of(parse_layout_path, bad) == "bad_path"
+
+
+def test_anonymised_test_and_seq_layouts_have_no_category():
+    for split, ident, view in [("test", "0011978", 0), ("seq", "0000007", 12)]:
+        layout = parse_layout_path(f"/data/fmow-rgb/{split}/{ident}/{ident}_{view}_rgb.jpg")
+        assert (layout.split, layout.location_id, layout.view_id, layout.kind) == (split, ident, view, "rgb")
+        assert (layout.category, layout.category_index) == ("unknown", -1)
+        assert layout.location_key == f"{split}-{ident}"
+    assert parse_layout_path("test/0011978/0011978_3_msrgb.json").kind == "msrgb"
+
+
+def test_read_view_clips_an_edge_box_and_reads_an_anonymised_view(tmp_path):
+    folder = tmp_path / "test" / "0011978"
+    folder.mkdir(parents=True)
+    image = folder / "0011978_2_rgb.jpg"
+    image.write_bytes(jpeg_bytes((48, 32)))
+    meta = fountain_meta()
+    meta["bounding_boxes"][1]["box"] = [40, 20, 20, 20]  # crosses the right and bottom edges
+    (folder / "0011978_2_rgb.json").write_text(json.dumps(meta))
+    rec = read_view(
+        "test/0011978/0011978_2_rgb.jpg", str(image), str(image)[:-4] + ".json", lambda u: open(u, "rb")
+    )
+    assert (rec.location_key, rec.location_id, rec.view_id) == ("test-0011978", "0011978", 2)
+    assert (rec.category, rec.category_index) == ("unknown", -1)
+    assert (rec.box, rec.box_clipped) == ((40, 20, 8, 12), True)
 
 
 def test_read_view_end_to_end(tmp_path):
@@ -342,6 +372,7 @@ def test_read_view_end_to_end(tmp_path):
     rec = read_view(rel, str(image), str(meta_path), lambda u: open(u, "rb"))
     assert (rec.location_key, rec.view_id, rec.category_index) == ("train-fountain_514", 1, 19)
     assert (rec.img_width, rec.img_height) == (48, 32)  # from the JPEG, not the JSON's 977x663
+    assert rec.box_clipped is False
     assert rec.file_size == image.stat().st_size
     assert reason_of(read_view, rel, None, str(meta_path), open) == "missing_image"
     assert reason_of(read_view, rel, str(image), None, open) == "bad_json"
