@@ -41,12 +41,17 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
 
         print("== 4/4 short pretraining (moco+geo+tp, resnet18, CPU) and evaluation")
         results["training"] = run_demo_training(build_dir, fsio.join(out, "run"), epochs=6)
+    from geo_ssl.pipeline.geoimagenet.demo import run_geoimagenet_demo
+
+    print("== GeoImageNet: the Flickr path on a tiny synthetic ImageNet with a local Flickr API stand-in")
+    results["geoimagenet"] = run_geoimagenet_demo(out, seed=seed)
     print(f"\nDone in {time.time() - t0:.0f} s.")
     print(f"  shards:   {build_dir}/train-*.tar, {build_dir}/val-*.tar (manifest.parquet, dataset.json)")
     print(f"  index:    {build_dir}/index/ (images.parquet is GeoParquet; rejects.parquet, clusters.parquet)")
     print(f"  plots:    {', '.join(plots)}")
     if train:
         print(f"  training: {out}/run/ (checkpoints, metrics.jsonl, TensorBoard)")
+    print(f"  geoimagenet: {out}/geoimagenet/ (harvest/, index/, train-*.tar, val-*.tar)")
     return results
 
 

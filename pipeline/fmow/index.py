@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import re
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -27,12 +24,20 @@ import pyarrow as pa
 import shapely
 from fsspec.implementations.local import LocalFileSystem
 
-from geo_ssl.pipeline.common import fsio, tables
+from geo_ssl.pipeline.common import executor, fsio, tables
 from geo_ssl.pipeline.common import sphere as geo
 from geo_ssl.pipeline.common.errors import GeoSSLError, RejectError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary, progress
+from geo_ssl.pipeline.common.retry import RetryingReader, StorageError, retry_io
 from geo_ssl.pipeline.fmow import records as fmow_meta
-from geo_ssl.pipeline.fmow.layout import CATEGORY_INDEX, PATH_RE, location_key
+from geo_ssl.pipeline.fmow.layout import (
+    CATEGORY_INDEX,
+    anonymised_part,
+    is_anonymised_folder,
+    location_key,
+    match_view_path,
+)
 from geo_ssl.schemas import IMAGE_INDEX, LOCATIONS, REJECTS
 
 STAGE = "index-fmow"
@@ -61,6 +66,7 @@ class Part:
     category: str
     locations: tuple[str, ...]
     strays: tuple[str, ...] = ()
+    anonymised: bool = False  # test/seq: `{split}/{id}/` folders, a block of ids per part (layout.py)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class _Chunk:
     category: str
     locations: tuple[str, ...]
     strays: tuple[str, ...]
+    anonymised: bool = False
 
 
 @dataclass
@@ -80,6 +87,7 @@ class _ChunkResult:
     n_locations: int
     images: pa.Table
     rejects: pa.Table
+    error: str | None = None  # storage kept failing: the part is not written, the rerun redoes it
 
 
 @dataclass
@@ -90,15 +98,23 @@ class _PartBuffer:
 
 
 def index_fmow(root: str, out: str, workers: int | None = None, kind: str = "rgb") -> Summary:
-    """Index every `*_{kind}` view under `root` into `out` (images, locations, rejects, summary)."""
+    """Index every `*_{kind}` view under `root` into `out` (images, locations, rejects, summary).
+
+    OUT is locked for the run (common/outlock.py): a second run into it stops with exit 2."""
     if kind not in KINDS:
         raise GeoSSLError(f"unknown image kind {kind!r}; use one of {', '.join(KINDS)}")
+    fsio.check_output_dir(out, "--out")
+    with output_lock(out, STAGE):
+        return _index_fmow(root, out, workers, kind)
+
+
+def _index_fmow(root: str, out: str, workers: int | None, kind: str) -> Summary:
     workers = _worker_count(workers)
     root_url = _normalize_root(root)
     parts = plan_parts(root_url, kind)
     parts_dir = fsio.join(out, PARTS_DIR, kind)
     _claim_parts_dir(out, root_url)
-    for split in sorted({p.split for p in parts}):
+    for split in sorted({_printable(p.split) for p in parts}):
         fsio.makedirs(fsio.join(parts_dir, split))
         fsio.remove_stale_temps(fsio.join(parts_dir, split))
     fsio.remove_stale_temps(out)
@@ -135,9 +151,13 @@ def plan_parts(root_url: str, kind: str = "rgb") -> list[Part]:
     """List `{split}/{category}` folders and their location folders (three levels; no file is opened)."""
     splits, _ = _list_dir(root_url)
     pairs = []
+    anonymised: dict[tuple[str, str], list[str]] = {}  # anonymised test/seq location folders by id block
     for split in sorted(splits):
         categories, _ = _list_dir(fsio.join(root_url, split))
-        pairs.extend((split, category) for category in sorted(categories))
+        for name in categories:
+            if is_anonymised_folder(name):
+                anonymised.setdefault((split, anonymised_part(name)), []).append(name)
+        pairs.extend((split, c) for c in sorted(categories) if not is_anonymised_folder(c))
     with ThreadPoolExecutor(_LISTING_THREADS) as pool:
         listings = pool.map(lambda sc: _list_dir(fsio.join(root_url, *sc)), pairs)
         parts = []
@@ -145,6 +165,8 @@ def plan_parts(root_url: str, kind: str = "rgb") -> list[Part]:
             strays = tuple(sorted(n for n in files if _view_file_kind(n) == kind))
             if folders or strays:
                 parts.append(Part(split, category, tuple(sorted(folders)), strays))
+    parts += [Part(s, name, tuple(sorted(ids)), anonymised=True) for (s, name), ids in anonymised.items()]
+    parts.sort(key=lambda p: (p.split, p.category))
     expected = f"{{split}}/{{category}}/{{category}}_{{loc}}/{{category}}_{{loc}}_{{view}}_{kind}.jpg"
     if parts and all(p.split in CATEGORY_INDEX for p in parts):
         raise GeoSSLError(
@@ -210,13 +232,19 @@ def _index_parts(
     for c in chunks:
         buffers.setdefault(c.part, _PartBuffer(0)).chunks_left += 1
 
+    failed: dict[int, str] = {}
+
     def finished() -> Iterator[None]:
         for result in _run_chunks(chunks, workers):
             buf = buffers[result.part]
             buf.images.append(result.images)
             buf.rejects.append(result.rejects)
             buf.chunks_left -= 1
-            if buf.chunks_left == 0:
+            if result.error is not None:
+                failed.setdefault(result.part, result.error)
+            if buf.chunks_left == 0 and result.part in failed:
+                del buffers[result.part]  # nothing recorded: the rerun indexes this part again
+            elif buf.chunks_left == 0:
                 images, rejects = _write_part(parts_dir, parts[result.part], buf)
                 del buffers[result.part]
                 summary.written += images
@@ -226,82 +254,57 @@ def _index_parts(
 
     for _ in progress(finished(), total=total, desc=STAGE, unit="locations"):
         pass
+    if failed:
+        names = ", ".join(f"{parts[i].split}/{_printable(parts[i].category)}" for i in sorted(failed))
+        raise StorageError(
+            f"{STAGE}: {len(failed)} part(s) not indexed because storage kept failing ({names}; first: "
+            f"{failed[min(failed)]}); nothing was recorded for them; rerun the same command to finish"
+        )
 
 
 def _chunks_of(root_url: str, kind: str, index: int, part: Part, size: int) -> list[_Chunk]:
     groups = [part.locations[i : i + size] for i in range(0, len(part.locations), size)] or [()]
     return [
-        _Chunk(root_url, kind, index, part.split, part.category, locs, part.strays if j == 0 else ())
+        _Chunk(root_url, kind, index, part.split, part.category, locs, (), part.anonymised)
+        if j
+        else _Chunk(root_url, kind, index, part.split, part.category, locs, part.strays, part.anonymised)
         for j, locs in enumerate(groups)
     ]
 
 
 def _run_chunks(chunks: list[_Chunk], workers: int) -> Iterator[_ChunkResult]:
-    """Results in completion order; at most a few tasks per worker are queued at any time."""
-    if workers <= 1 or len(chunks) <= 1:
-        yield from map(_index_chunk, chunks)
-        return
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])  # workers fork with pyarrow, shapely, Pillow already imported
-    else:
-        ctx = multiprocessing.get_context("spawn")
-    window = workers * _TASKS_IN_FLIGHT_PER_WORKER
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(chunks)),
-        mp_context=ctx,
-        initializer=_exit_with_run,
-        initargs=(os.getpid(),),
+    """Results in completion order from the executor; at most a few tasks per worker are queued."""
+    yield from executor.run_tasks(
+        _index_chunk,
+        chunks,
+        min(workers, len(chunks)),
+        stage=STAGE,
+        in_flight=_TASKS_IN_FLIGHT_PER_WORKER,
+        start_method="forkserver",  # workers fork with pyarrow, shapely, Pillow already imported
+        preload=[__name__],
     )
-    with pool:
-        pending: set[Future] = set()
-        try:
-            for chunk in chunks:
-                pending.add(pool.submit(_index_chunk, chunk))
-                while len(pending) >= window:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
-def _exit_with_run(run_pid: int) -> None:
-    """Pool initializer: end this worker once the run that started it is gone. After a kill -9 of the run,
-    workers would otherwise wait on their task queue forever, and the forkserver with them (each worker
-    holds the queue's write end and the forkserver's keep-alive pipe, so neither ever sees EOF)."""
-
-    def run_is_alive() -> bool:
-        try:
-            os.kill(run_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # the pid now belongs to another user's process
-            return False
-        return True
-
-    def watch() -> None:
-        while run_is_alive():
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-run", daemon=True).start()
 
 
 def _index_chunk(chunk: _Chunk) -> _ChunkResult:
-    """Worker: list each location folder and read its views."""
+    """Worker: index one chunk; storage that keeps failing fails the chunk (and so its part), not a view."""
+    try:
+        return _read_chunk(chunk)
+    except StorageError as exc:
+        empty = _rejects_table([])
+        return _ChunkResult(chunk.part, len(chunk.locations), records_table([]), empty, error=str(exc))
+
+
+def _read_chunk(chunk: _Chunk) -> _ChunkResult:
+    """List each location folder and read its views."""
     fs, _ = fsio.get_fs(chunk.root)
     open_file = _opener(fs)
-    category_url = fsio.join(chunk.root, chunk.split, chunk.category)
+    category_url = fsio.join(chunk.root, chunk.split, *(() if chunk.anonymised else (chunk.category,)))
     records: list[fmow_meta.ViewRecord] = []
     rejects: list[dict] = []
     folders = [(chunk.category, chunk.strays)] if chunk.strays else []
     for name in chunk.locations:
         _, files = _list_dir(fsio.join(category_url, name))
-        folders.append((f"{chunk.category}/{name}", tuple(files)))
+        folders.append((name if chunk.anonymised else f"{chunk.category}/{name}", tuple(files)))
     for folder, files in folders:
         folder_url = fsio.join(chunk.root, chunk.split, folder)
         views: dict[str, dict[str, str]] = {}
@@ -312,6 +315,10 @@ def _index_chunk(chunk: _Chunk) -> _ChunkResult:
         for stem in sorted(views):
             rel = f"{chunk.split}/{folder}/{stem}_{chunk.kind}.jpg"
             image_url, json_url = views[stem].get("jpg"), views[stem].get("json")
+            if not _is_utf8(rel):
+                bad = RejectError("bad_path", "the path is not valid UTF-8 (bytes shown as \\xNN)")
+                rejects.append(_reject_row(bad, rel, image_url, json_url))
+                continue
             try:
                 records.append(fmow_meta.read_view(rel, image_url, json_url, open_file))
             except RejectError as exc:
@@ -320,21 +327,38 @@ def _index_chunk(chunk: _Chunk) -> _ChunkResult:
 
 
 def _opener(fs: fsspec.AbstractFileSystem) -> Callable[[str], IO[bytes]]:
+    """Readers whose reads are retried: an outage raises StorageError, never a reject (see common.retry)."""
     if isinstance(fs, LocalFileSystem):
-        return lambda url: open(url, "rb")
-    return lambda url: fs.open(url, "rb", block_size=_REMOTE_BLOCK)
+        return lambda url: RetryingReader(lambda u: open(u, "rb"), url)
+    return lambda url: RetryingReader(lambda u: fs.open(u, "rb", block_size=_REMOTE_BLOCK), url)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for names holding bytes that are not UTF-8 (os.scandir keeps them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str | None) -> str | None:
+    """A name that Parquet can store: undecodable bytes of a file name become \\xNN."""
+    if text is None or _is_utf8(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _reject_row(exc: RejectError, rel: str, image_url: str | None, json_url: str | None) -> dict:
     first, second = (image_url, json_url) if exc.reason in _IMAGE_REASONS else (json_url, image_url)
-    m = PATH_RE.search(rel)
+    m = match_view_path(rel)
     return {
         "stage": STAGE,
-        "path": first or second,
+        "path": _printable(first or second),
         "reason": exc.reason,
-        "detail": " ".join(exc.detail.split()),
-        "split": rel.split("/", 1)[0],
-        "location_key": location_key(m["split"], m["location_id"]) if m else None,
+        "detail": _printable(" ".join(exc.detail.split())),
+        "split": _printable(rel.split("/", 1)[0]),
+        "location_key": _printable(location_key(m["split"], m["location_id"]) if m else None),
     }
 
 
@@ -362,7 +386,7 @@ def _rejects_table(rows: list[dict]) -> pa.Table:
 
 
 def _part_urls(parts_dir: str, part: Part) -> tuple[str, str]:
-    base = fsio.join(parts_dir, part.split, part.category)
+    base = fsio.join(parts_dir, _printable(part.split), _printable(part.category))
     return base + ".images.parquet", base + ".rejects.parquet"
 
 
@@ -446,7 +470,7 @@ def _list_dir(url: str) -> tuple[list[str], list[str]]:
                 for entry in entries:
                     (folders if entry.is_dir() else files).append(entry.name)
         else:
-            for info in fs.ls(path, detail=True):
+            for info in retry_io(lambda: fs.ls(path, detail=True), f"listing {url}"):
                 name = info["name"].rstrip("/").rsplit("/", 1)[-1]
                 (folders if info["type"] == "directory" else files).append(name)
     except NotADirectoryError:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import multiprocessing
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import executor, fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary, progress
+from geo_ssl.pipeline.common.retry import StorageError
 from geo_ssl.pipeline.common.tables import read_table, write_table
+from geo_ssl.pipeline.shards import card, sample_extras
 from geo_ssl.pipeline.shards.manifest import (
     DATASET_CARD,
     DONE_DIR,
@@ -32,10 +32,12 @@ from geo_ssl.pipeline.shards.manifest import (
 )  # fmt: skip
 from geo_ssl.pipeline.shards.options import ShardOptions
 from geo_ssl.pipeline.shards.plan import VIEW_COLUMNS, Plan, fingerprint, make_plan
-from geo_ssl.pipeline.shards.writer import write_shard
+from geo_ssl.pipeline.shards.sample_index import SAMPLE_INDEX, write_sample_index
+from geo_ssl.pipeline.shards.shard_task import write_shard_or_fail
 from geo_ssl.schemas import SCHEMA_VERSION
 
 STAGE = "write-shards"
+_SHOWN_FAILED = 5  # failed shards named on the error line
 SIZE_NOTE = (
     "Shards are packed by an estimate of each location's encoded size made before encoding (so they can be "
     "written in parallel and deterministically); real sizes differ from shard_bytes and are in manifest.parquet."
@@ -45,7 +47,15 @@ SIZE_NOTE = (
 def write_shards(
     index: str, out: str, clusters: str | None = None, options: ShardOptions | None = None
 ) -> Summary:
-    """Write one WebDataset sample per clustered location of INDEX into OUT (see schemas/SAMPLE_FORMAT.md)."""
+    """Write one WebDataset sample per clustered location of INDEX into OUT (see schemas/SAMPLE_FORMAT.md).
+
+    OUT is locked for the run (common/outlock.py): a second run into it stops with exit 2."""
+    fsio.check_output_dir(out, "--out")
+    with output_lock(out, STAGE):
+        return _write_shards(index, out, clusters, options)
+
+
+def _write_shards(index: str, out: str, clusters: str | None, options: ShardOptions | None) -> Summary:
     options = options or ShardOptions()
     clusters_dir = clusters or index
     images_url = fsio.join(index, "images.parquet")
@@ -53,8 +63,12 @@ def write_shards(
     images = read_table(images_url, "image_index", columns=VIEW_COLUMNS)
     cluster_table = read_table(clusters_url, "clusters", columns=["location_key", "cluster", "lat", "lon"])
     inputs = {"images_sha256": file_digest(images_url)[1], "clusters_sha256": file_digest(clusters_url)[1]}
+    if extras_at := sample_extras.extras_url(index):  # GeoImageNet: wnid, class name, Flickr id per sample
+        inputs["extras_sha256"] = file_digest(extras_at)[1]
     fp = fingerprint(inputs, options)
     plan = make_plan(images, cluster_table, options)
+    plan.extras = sample_extras.read_extras(index)
+    geo_clusters = card.geo_clusters(clusters_dir, cluster_table)  # k and centroids, for the card
     del images, cluster_table
 
     _refuse_other_build(out, fp, options, inputs)
@@ -63,24 +77,45 @@ def write_shards(
     fsio.remove_stale_temps(fsio.join(out, DONE_DIR))
 
     records: dict[str, dict] = {}
+    failed: list[dict] = []
 
     def ticks() -> Iterator[None]:
         for rec in _run(plan, out, options, fp, inputs):
-            records[rec["shard"]] = rec
+            if rec["status"] == "failed":
+                failed.append(rec)
+            else:
+                records[rec["shard"]] = rec
             yield from (None for _ in range(rec["locations"]))
 
     total = sum(len(s.locations) for s in plan.shards)
     for _ in progress(ticks(), total=total, desc=STAGE, unit="loc"):
         pass
+    fsio.remove_stale_temps(out)  # a temp tar of a worker lost mid-task (Dask reran the task elsewhere)
+    if failed:
+        _fail_shards(failed, len(plan.shards))
 
     ordered = [records[s.name] for s in plan.shards]
     write_table(manifest_table(ordered), fsio.join(out, MANIFEST), "shard_manifest")
     all_rejects = plan.rejects + [r for rec in ordered for r in rec["rejects"]]
     write_table(rejects_table(all_rejects), fsio.join(out, REJECTS), "rejects")
-    fsio.atomic_write_text(
-        fsio.join(out, DATASET_CARD), dumps(_card(index, clusters_dir, options, fp, inputs, plan, ordered))
-    )
+    write_sample_index(ordered, fsio.join(out, SAMPLE_INDEX))
+    dataset_card = _card(index, clusters_dir, options, fp, inputs, plan, ordered)
+    dataset_card.update(card.describe(out, index, clusters_dir, geo_clusters, plan.views, inputs))
+    dataset_card.update(sample_extras.card_fields(getattr(plan, "extras", None)))
+    fsio.atomic_write_text(fsio.join(out, DATASET_CARD), dumps(dataset_card))
     return _summary(plan, ordered, out)
+
+
+def _fail_shards(failed: list[dict], total: int) -> None:
+    """Storage kept failing for some shards: name them; they have no record, so the rerun writes them."""
+    failed = sorted(failed, key=lambda r: r["shard"])
+    names = ", ".join(r["shard"] for r in failed[:_SHOWN_FAILED])
+    more = f" and {len(failed) - _SHOWN_FAILED} more" if len(failed) > _SHOWN_FAILED else ""
+    raise StorageError(
+        f"{STAGE}: {len(failed)} of {total} shard(s) not written because storage kept failing ({names}{more};"
+        f" first: {failed[0]['error']}); the others are done; rerun the same command to finish",
+        max(r["exit_code"] for r in failed),
+    )
 
 
 def _refuse_other_build(out: str, fp: str, options: ShardOptions, inputs: dict) -> None:
@@ -113,35 +148,21 @@ def _tasks(plan: Plan, out: str, options: ShardOptions, fp: str, inputs: dict) -
     for shard in plan.shards:
         yield {
             "out": out, "shard": shard.name, "split": shard.split, "shard_index": shard.index,
-            "locations": plan.shard_locations(shard), "options": opts, "fingerprint": fp,
+            "locations": sample_extras.attach(plan.shard_locations(shard), getattr(plan, "extras", None)),
+            "options": opts, "fingerprint": fp,
             "inputs": inputs, "schema_version": SCHEMA_VERSION,
         }  # fmt: skip
 
 
 def _run(plan: Plan, out: str, options: ShardOptions, fp: str, inputs: dict) -> Iterator[dict]:
-    """Completion records as shards finish; in-process for one worker, else a spawn pool.
+    """Completion records as shards finish, from the executor (a spawn pool by default, or Dask).
 
     Tasks are submitted a few at a time so the main process never materialises the whole plan.
     """
     tasks = _tasks(plan, out, options, fp, inputs)
     workers = min(int(options.workers), len(plan.shards))
     try:
-        if workers <= 1:
-            yield from map(write_shard, tasks)
-            return
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding Arrow's thread pool
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending = set()
-            for task in tasks:
-                pending.add(pool.submit(write_shard, task))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-    except BrokenProcessPool as exc:
-        raise GeoSSLError(f"a {STAGE} worker died ({exc}); rerun the same command to resume") from exc
+        yield from executor.run_tasks(write_shard_or_fail, tasks, workers, stage=STAGE)
     except OSError as exc:
         raise GeoSSLError(
             f"writing shards to {out} failed ({exc}); rerun the same command to resume"
@@ -183,6 +204,8 @@ def _card(
         "name": "geo-ssl fMoW temporal WebDataset",
         "schema_version": SCHEMA_VERSION,
         "sample_format": "schemas/SAMPLE_FORMAT.md",
+        "layout": options.layout,  # "locations": one sample per location; "views": one sample per view
+        "sample_index": SAMPLE_INDEX,  # per sample: shard, member byte offsets, lat, lon, category, cluster
         "fingerprint": fp,
         "seed": options.seed,
         "parameters": options.as_dict(),
@@ -203,7 +226,7 @@ def _summary(plan: Plan, records: list[dict], out: str) -> Summary:
         if rec["status"] == "skipped":
             summary.skipped += rec["locations"]
             continue
-        summary.written += rec["samples"]
+        summary.written += rec.get("written_locations", rec["samples"])  # views layout: samples are views
         summary.rejected += sum(1 for r in rec["rejects"] if r["reason"] == "no_views")
         summary.reasons.update(r["reason"] for r in rec["rejects"])
         scales.update({int(k): v for k, v in rec["dct_scales"].items()})

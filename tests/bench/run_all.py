@@ -15,7 +15,11 @@ from pathlib import Path
 BENCHES = {
     "write_shards": "tests.bench.bench_write_shards",
     "loader": "tests.bench.bench_loader",
+    "loader_storage": "tests.bench.bench_loader_storage",  # local disk vs S3 (moto) vs the shard cache
+    "gpu": "tests.bench.bench_gpu",  # GPU data path; without CUDA it says so and runs a CPU smoke
     "trainer": "tests.bench.bench_trainer",
+    "harvest": "tests.bench.bench_harvest",
+    "dask": "tests.bench.bench_dask",
 }
 
 

@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from geo_ssl.pipeline import __version__
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import fsio, storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.training.evaluation.export import load_backbone
-from geo_ssl.training.evaluation.knn import extract_features, knn_top1
-from geo_ssl.training.evaluation.linear_probe import linear_probe
-from geo_ssl.training.models.backbone import ARCHS, FeatureExtractor
+from geo_ssl.pipeline.common.retry import StorageError
+from geo_ssl.training.trainer.config import ARCH_NAMES
+from geo_ssl.training.trainer.run_folder import output_problem
+
+# torch and the models are imported in evaluate(), after check_args: a wrong flag costs no torch import.
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", required=True, help="checkpoint, exported backbone, MoCo/GASSL .pth.tar, or 'random'"
     )
-    p.add_argument("--arch", choices=tuple(ARCHS), default=None, help="default: inferred from the weights")
+    p.add_argument("--arch", choices=ARCH_NAMES, default=None, help="default: inferred from the weights")
     p.add_argument("--data", required=True, help="shard folder (or pattern) holding the evaluation splits")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=256)
@@ -40,6 +41,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="every view of a location is an image (default); --no-all-views: one per location")  # fmt: skip
     p.add_argument("--out", default=None, help="JSON result file (default: print only)")
     p.add_argument("--trust", action="store_true", help="load with weights_only=False (only files you trust)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first corrupt or missing sample (default: skip it, count it, report it)")  # fmt: skip
+    storage.add_storage_flags(p)  # --weights, --data and --out may be s3:// etc. URLs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", default="val")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=1.0,
-                   help="base lr for a batch of 256, scaled by --batch-size/256 (default 1.0, GASSL; MoCo used 30)")  # fmt: skip
+                   help="base lr for a batch of 256, scaled by --probe-batch-size/256 (default 1.0, GASSL; MoCo used 30)")  # fmt: skip
     p.add_argument("--probe-batch-size", type=int, default=256, help="batch of the linear classifier")
     p.add_argument(
         "--schedule", choices=("step", "cosine"), default="step", help="x0.1 at 60%%/80%%, or cosine"
@@ -77,23 +81,69 @@ def build_parser() -> argparse.ArgumentParser:
 def _loader(args: argparse.Namespace, split: str):
     from geo_ssl.training.data.loader import eval_loader
 
-    return eval_loader(
+    loader = eval_loader(
         args.data, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
-        split=split, all_views=args.all_views,
+        split=split, all_views=args.all_views, strict=getattr(args, "strict", False),
     )  # fmt: skip
+    args.__dict__.setdefault("_loaders", []).append(loader)  # their skip counts go into the result
+    return loader
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every impossible flag value, and an --out that cannot be written, before any work (one line each)."""
+
+    def bad(flag: str, value: Any, rule: str) -> None:
+        raise GeoSSLError(f"{flag} {value}: {rule}")
+
+    if args.batch_size <= 0:
+        bad("--batch-size", args.batch_size, "must be > 0")
+    if args.image_size < 32:
+        bad("--image-size", args.image_size, "must be >= 32")
+    if args.num_workers < 0:
+        bad("--num-workers", args.num_workers, "must be >= 0")
+    ints = ("max_train", "max_val") if args.command == "linear-probe" else ("max_bank", "max_query")
+    for name in ints:
+        if getattr(args, name) < 0:
+            bad("--" + name.replace("_", "-"), getattr(args, name), "must be >= 0 (0 = all)")
+    if args.command == "knn":
+        if args.k < 1:
+            bad("--k", args.k, "must be >= 1 (neighbours)")
+        if not (math.isfinite(args.t) and args.t > 0):
+            bad("--t", args.t, "must be a finite number > 0 (vote temperature)")
+    else:
+        if args.epochs <= 0:
+            bad("--epochs", args.epochs, "must be > 0")
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            bad("--lr", args.lr, "must be a finite number > 0")
+        if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+            bad("--weight-decay", args.weight_decay, "must be a finite number >= 0")
+        if args.probe_batch_size <= 0:
+            bad("--probe-batch-size", args.probe_batch_size, "must be > 0")
+    if args.out:
+        if not fsio.is_local(args.out):
+            return  # object storage: written in one PUT at the end
+        problem = output_problem(args.out, folder=False)
+        if problem:
+            raise GeoSSLError(f"--out {args.out}: {problem}")
+    if args.weights != "random" and fsio.is_local(args.weights) and os.path.isdir(args.weights):
+        raise GeoSSLError(f"--weights {args.weights}: is a folder; give a checkpoint file")
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen evaluation; returns the JSON-able result."""
-    if args.batch_size <= 0 or args.image_size < 32:
-        raise GeoSSLError("--batch-size must be > 0 and --image-size >= 32")
+    import torch
+
+    from geo_ssl.training.evaluation.export import load_backbone
+    from geo_ssl.training.evaluation.knn import extract_features, knn_top1
+    from geo_ssl.training.evaluation.linear_probe import linear_probe
+    from geo_ssl.training.models.backbone import FeatureExtractor
+
+    check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resnet, meta = load_backbone(args.weights, arch=args.arch, trusted=args.trust)
     extractor = FeatureExtractor(resnet).to(device)
     t0 = time.time()
     if args.command == "linear-probe":
-        if args.epochs <= 0 or args.lr <= 0:
-            raise GeoSSLError("--epochs and --lr must be > 0")
         lr = args.lr * args.probe_batch_size / 256
         result = linear_probe(
             extractor, _loader(args, args.train_split), _loader(args, args.val_split), device,
@@ -116,19 +166,36 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         eval=args.command, weights=args.weights, data=args.data, image_size=args.image_size,
         seconds=round(time.time() - t0, 2), backbone=meta,
     )  # fmt: skip
+    loaders = args.__dict__.get("_loaders", [])
+    result.update(skipped_samples=sum(ld.stats.corrupt for ld in loaders),
+                  skipped_errors=[e for ld in loaders for e in ld.stats.errors][:5])  # fmt: skip
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        storage.configure_from_args(args)
+        check_args(args)
         result = evaluate(args)
         if args.out:
-            fsio.atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
+            try:
+                text = json.dumps(result, indent=1, sort_keys=True, default=str) + "\n"
+                fsio.atomic_write_text(args.out, text)
+            except OSError as exc:
+                raise GeoSSLError(
+                    f"--out {args.out}: cannot write the result ({exc.strerror or exc})"
+                ) from None
     except (GeoSSLError, ValueError) as exc:
-        print(f"geo-eval: error: {exc}", file=sys.stderr)
+        print(f"geo-eval: error: {storage.redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except StorageError as exc:  # storage kept failing after retries: one line, rerun later
+        print(f"geo-eval: error: {storage.redact(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     where = f" -> {args.out}" if args.out else ""
+    if result.get("skipped_samples"):
+        print(f"geo-eval: skipped {result['skipped_samples']} unreadable samples "
+              f"(first: {result['skipped_errors'][0]}); --strict stops at the first", file=sys.stderr)  # fmt: skip
     print(
         f"{args.command} top-1: {result['top1']:.2f}% ({result.get('n_val', result.get('query'))} images){where}"
     )

@@ -12,16 +12,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.training.trainer.config import PretrainConfig
+from geo_ssl.training.trainer.preflight import check_n_clusters, data_cluster_count
 
 
 @dataclass(frozen=True)
@@ -74,26 +73,42 @@ def build_model(cfg: PretrainConfig, n_clusters: int, bn_splits: int) -> nn.Modu
 
 def make_loader(cfg: PretrainConfig, rank: int, world_size: int) -> Iterable:
     """This rank's pretraining loader (len() = steps per epoch, set_epoch(e) reshuffles)."""
+    from geo_ssl.training.data.gpu_augment import resolve_data_path
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader, views_loader
 
     method = get_method(cfg.method)
+    if method.temporal:  # single-view data sets (GeoImageNet) have no second date of a place
+        from geo_ssl.pipeline.shards.sample_extras import refuse_temporal
+
+        refuse_temporal(cfg.data, cfg.method)
     lc = LoaderConfig(
         cfg.data, split=cfg.split, batch_size=cfg.batch_size // world_size, image_size=cfg.image_size,
         temporal=method.temporal, augment=cfg.augment, num_workers=cfg.num_workers,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, strict=cfg.strict,
+        cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit,
         epoch_samples=cfg.epoch_samples or None,
+        epoch_unit=cfg.epoch_unit, crop=cfg.crop,  # GASSL's epoch and +TP crop
+        # the GPU data path gets JPEG bytes; the trainer decodes + augments them on the device
+        decode="defer" if resolve_data_path(cfg.data_path) == "gpu" else "cpu",
     )  # fmt: skip
     if method.family == "simclr":
         return views_loader(lc, 2, rank, world_size)
     return pretrain_loader(lc, rank, world_size)
 
 
-def batch_inputs(method: Method, batch: dict, device: torch.device, channels_last: bool) -> tuple:
-    """Move one loader item to the device as the model's forward arguments."""
+def batch_inputs(
+    method: Method, batch: dict, device: torch.device, channels_last: bool, n_clusters: int = 0
+) -> tuple:
+    """Move one loader item to the device as the model's forward arguments.
+
+    With a geo head (`n_clusters` > 0) every cluster id must be a class of the head: an id out of
+    range stops the run naming the sample, instead of an IndexError deep in cross-entropy."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if method.family == "simclr":
         return (batch["views"].to(device, non_blocking=True),)
     q, k, geo = batch["q"], batch["k"], batch["geo_cluster"]
+    if method.geo and n_clusters:
+        check_cluster_ids(geo, batch.get("key"), n_clusters)
     return (
         q.to(device, non_blocking=True, memory_format=fmt),
         k.to(device, non_blocking=True, memory_format=fmt),
@@ -101,28 +116,32 @@ def batch_inputs(method: Method, batch: dict, device: torch.device, channels_las
     )
 
 
+def check_cluster_ids(geo: torch.Tensor, keys: list[str] | None, n_clusters: int) -> None:
+    """Raise GeoSSLError naming the first sample whose geo cluster id is not in [0, n_clusters)."""
+    bad = ((geo < 0) | (geo >= n_clusters)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        key = keys[i] if keys and i < len(keys) else f"#{i} of the batch"
+        raise GeoSSLError(
+            f"sample {key}: geo cluster {int(geo[i])} is outside the head's 0..{n_clusters - 1} "
+            "(shards built with a larger --k, or a damaged .cls/json; check them with `geo-build-dataset "
+            "validate`, or pass the data's --n-clusters)"
+        )
+
+
 def resolve_n_clusters(cfg: PretrainConfig) -> int:
-    """cfg.n_clusters, or the cluster count recorded beside the shards (a build folder's index/)."""
+    """cfg.n_clusters, or the cluster count recorded beside the shards (a build folder's dataset card).
+
+    A --n-clusters below the data's count is refused up front (the geo loss would fail mid-run on the
+    first sample of a higher cluster); above it only wastes outputs, so it is allowed."""
     if not get_method(cfg.method).geo:
         return 0
+    data_k, _ = data_cluster_count(cfg.data)
     if cfg.n_clusters:
+        check_n_clusters(cfg)
         return cfg.n_clusters
-    for name in ("dataset.json", "index/cluster_stats.json"):
-        url = fsio.join(cfg.data, name)
-        try:
-            card = json.loads(fsio.read_bytes(url))
-        except (OSError, ValueError):
-            continue
-        k = _find_k(card)
-        if k:
-            return k
+    if data_k:
+        return data_k
     raise GeoSSLError(
         f"{cfg.data}: no cluster count found in dataset.json or index/cluster_stats.json; pass --n-clusters"
     )
-
-
-def _find_k(card: dict) -> int:
-    for key in ("n_clusters", "k"):
-        if isinstance(card.get(key), int) and card[key] > 0:
-            return card[key]
-    return 0

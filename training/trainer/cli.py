@@ -1,6 +1,7 @@
 """`geo-pretrain`: MoCo-v2 (+temporal positives, +geo head) or SimCLR on geo-ssl shards.
 
     geo-pretrain --data SHARDS --out runs/r50 [--config run.toml] [--method moco+geo+tp] [--resume]
+    geo-pretrain --preset gassl-fmow-moco-geo-tp --data SHARDS --out runs/gassl   (--preset list)
     torchrun --nproc_per_node 8 -m geo_ssl.training.trainer.cli --config run.toml
 
 A TOML file sets any field (same names, e.g. `batch_size = 256`); flags override it. Exit status: 0 done,
@@ -10,35 +11,74 @@ A TOML file sets any field (same names, e.g. `batch_size = 256`); flags override
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 from geo_ssl.pipeline import __version__
+from geo_ssl.pipeline.common import storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import StorageError
+from geo_ssl.pipeline.common.storage import add_storage_flags
 from geo_ssl.training.trainer.config import add_config_flags, config_from_args
+from geo_ssl.training.trainer.preflight import preflight
+
+EPILOG = """\
+stopping and resuming:
+  SIGTERM (to the main process or to the whole process group, e.g. Slurm, systemd, timeout,
+  kill -TERM -- -PGID) finishes the current step, writes checkpoint-last.pt at that step and exits
+  143; the loader workers ignore it. After kill -9, --resume continues from the last checkpoint
+  (every --ckpt-every steps and each epoch end). `--out RUN --resume` alone continues a run: the
+  rest of its config comes from RUN/config.toml, except --max-steps, which limits one invocation
+  only (a plain --resume runs to the planned end; give --max-steps again to stop earlier).
+  One run at a time per --out (a lock file); temp files of a killed run are removed at the next start.
+
+exit status: 0 done (or nothing left to train), 2 bad config or input (one line on stderr),
+  3 storage kept failing after retries (rerun later), 143 stopped by SIGTERM after writing a checkpoint.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geo-pretrain",
         description="Self-supervised pretraining on geo-ssl WebDataset shards (one process or torchrun DDP).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", default=None, help="TOML file with config fields; flags override it")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="shipped run preset (e.g. gassl-fmow-moco-geo-tp); --config and flags override it; "
+        "`--preset list` prints them",
+    )
     add_config_flags(parser)
+    add_storage_flags(parser)  # not config fields: never written to config.toml or checkpoints
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if args.preset == "list":
+            from geo_ssl.training.trainer.presets import format_presets
+
+            print(format_presets())
+            return
+        storage.configure_from_args(args)  # before --config/--out are read; torchrun ranks each do it
+        cfg = config_from_args(args)
+        preflight(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
         from geo_ssl.training.trainer.loop import pretrain
 
-        result = pretrain(config_from_args(args))
+        result = pretrain(cfg)
     except GeoSSLError as exc:
-        print(f"geo-pretrain: error: {exc}", file=sys.stderr)
+        print(f"geo-pretrain: error: {storage.redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except StorageError as exc:  # storage kept failing after retries: one line, rerun (--resume) later
+        print(f"geo-pretrain: error: {storage.redact(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if result["interrupted"]:
         sys.exit(128 + signal.SIGTERM)
 

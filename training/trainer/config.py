@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,13 +34,35 @@ class PretrainConfig:
     # data
     data: str = _f("", "shard folder (with manifest.parquet) or brace pattern of .tar shards; local or URL")
     split: str = _f("train", "split to pretrain on")
-    out: str = _f("runs/geo-ssl", "run folder: checkpoints, metrics.jsonl, TensorBoard events (local)")
+    out: str = _f(
+        "runs/geo-ssl", "run folder: checkpoints, metrics.jsonl, TensorBoard events (local or s3:// etc.)"
+    )
     image_size: int = _f(224, "crop size fed to the network")
     num_workers: int = _f(4, "loader worker processes per rank")
     shuffle_buffer: int = _f(1000, "sample shuffle buffer per worker")
-    epoch_samples: int = _f(0, "locations per epoch (0 = one pass over the split's manifest)")
+    epoch_samples: int = _f(
+        0, "locations per epoch, images with --epoch-unit image (0 = one pass over the split's manifest)"
+    )
     strict: bool = _f(False, "fail on an undecodable sample instead of skipping it")
+    cache_dir: str = _f(
+        "", "local folder caching remote (s3:// etc.) shards, least recently used out ('' = none)"
+    )
+    cache_limit: str = _f("20G", "size cap of --cache-dir, e.g. 20G or 512M")
     augment: bool = _f(True, "MoCo-v2 augmentation (off: resize + centre crop only, for debugging)")
+    crop: str = _f(  # GASSL's +TP crop (geo_ssl.training.data.gassl_crop)
+        "moco", "training crop: moco = RandomResizedCrop scale 0.2-1 of the stored view (MoCo-v2); gassl = "
+        "GASSL's +TP crop, scale 0.08-1 inside the view's central square (Resize+CenterCrop 448)",
+        ("moco", "gassl"),
+    )  # fmt: skip
+    epoch_unit: str = _f(  # geo_ssl.training.data.epoch_unit
+        "location", "what an epoch counts: location = each location once; image = each location once per "
+        "view (GASSL's epoch: locations drawn by view count, about 4.8x the steps on fMoW)",
+        ("location", "image"),
+    )  # fmt: skip
+    data_path: str = _f(  # the GPU data path (geo_ssl.training.data.gpu_augment)
+        "auto", "where JPEGs are decoded and augmented: gpu (nvJPEG + batched ops on the device), cpu "
+        "(loader workers), auto = gpu when training on CUDA", ("auto", "cpu", "gpu"),
+    )  # fmt: skip
     # method and model
     method: str = _f("moco+geo+tp", "SSL method", METHOD_NAMES)
     arch: str = _f("resnet50", "torchvision ResNet depth", ARCH_NAMES)
@@ -59,7 +83,9 @@ class PretrainConfig:
     epochs: int = _f(200, "epochs")
     max_steps: int = _f(
         0,
-        "stop (with a checkpoint) after this many steps in total; the lr schedule still spans all epochs (0 = run all)",
+        "stop (with a checkpoint) after this many steps in total, for this invocation only: the lr schedule "
+        "still spans all epochs, and a later --resume without --max-steps continues to the planned end "
+        "(0 = run all)",
     )
     batch_size: int = _f(256, "global batch size, split evenly over the DDP ranks")
     lr: float = _f(0.0, "learning rate (0 = 0.03 x batch_size / 256)")
@@ -83,7 +109,7 @@ class PretrainConfig:
     knn_query_split: str = _f("val", "held-out split whose top-1 is reported")
     knn_bank_samples: int = _f(10000, "max images in the kNN bank (0 = all)")
     knn_query_samples: int = _f(2000, "max query images (0 = all)")
-    knn_k: int = _f(200, "neighbours")
+    knn_k: int = _f(200, "neighbours (at most a tenth of the bank is used: a 240-image bank gets k=24)")
     knn_t: float = _f(0.1, "kNN vote temperature")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
@@ -97,10 +123,14 @@ class PretrainConfig:
 
 #: Fields that define the run; `--resume` refuses a config that changes them.
 RUN_DEFINING = (
-    "data", "split", "image_size", "epoch_samples", "augment", "method", "arch", "dim", "mlp", "moco_k", "moco_m", "temperature",
+    "data", "split", "image_size", "epoch_samples", "augment", "crop", "epoch_unit", "method", "arch", "dim", "mlp", "moco_k", "moco_m", "temperature",
     "n_clusters", "moco_weight", "geo_weight", "bn_splits", "shuffle_bn", "epochs", "batch_size", "lr",
     "momentum", "weight_decay", "schedule", "warmup_steps", "seed",
 )  # fmt: skip
+
+
+#: Fields that limit one invocation only; `--resume` does not take them from the run's saved config.
+PER_INVOCATION = ("max_steps",)
 
 
 def _check_type(name: str, value: Any, default: Any, where: str) -> Any:
@@ -131,10 +161,14 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> PretrainC
 
 def load_toml(url: str) -> dict[str, Any]:
     """Top-level keys of a TOML config file (a [pretrain] table is accepted too)."""
+    if fsio.is_local(url) and os.path.isdir(url):
+        raise GeoSSLError(f"--config {url}: is a folder; give a TOML file (e.g. RUN/{RUN_CONFIG})")
     try:
         data = tomllib.loads(fsio.read_bytes(url).decode("utf-8"))
     except FileNotFoundError:
         raise GeoSSLError(f"{url}: config file not found") from None
+    except OSError as exc:
+        raise GeoSSLError(f"--config {url}: cannot read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GeoSSLError(f"{url}: not valid TOML ({exc})") from None
     return dict(data.get("pretrain", data)) if set(data) <= {"pretrain"} else data
@@ -161,14 +195,20 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """
     values = load_toml(args.config) if getattr(args, "config", None) else {}
     where = args.config if getattr(args, "config", None) else "flags"
+    if getattr(args, "preset", None):  # shipped presets come first, the file and flags override
+        from geo_ssl.training.trainer.presets import preset_values
+
+        values = {**preset_values(args.preset), **values}
     for f in fields(PretrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
     if values.get("resume"):
         saved = fsio.join(values.get("out", PretrainConfig.out), RUN_CONFIG)
-        if fsio.exists(saved):
-            values = {**load_toml(saved), **values}
+        if fsio.exists(saved) and not os.path.isdir(saved):
+            # max_steps limits one invocation: a plain --resume continues to the planned end.
+            previous = {k: v for k, v in load_toml(saved).items() if k not in PER_INVOCATION}
+            values = {**previous, **values}
     return config_from_dict(values, where)
 
 
@@ -180,7 +220,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
 
     if not cfg.data:
         bad("data is empty; pass --data SHARD_FOLDER (or a brace pattern of .tar shards)")
-    for name in ("method", "arch", "amp", "schedule"):
+    for name in ("method", "arch", "amp", "schedule", "crop", "epoch_unit"):
         choices = next(f for f in fields(PretrainConfig) if f.name == name).metadata["choices"]
         if getattr(cfg, name) not in choices:
             bad(f"{name} = {getattr(cfg, name)!r}; choose one of {', '.join(choices)}")
@@ -191,6 +231,10 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
                  "knn_every", "knn_every_steps", "knn_bank_samples", "knn_query_samples", "shuffle_buffer"):  # fmt: skip
         if getattr(cfg, name) < 0:
             bad(f"{name} = {getattr(cfg, name)} must be >= 0")
+    for f in fields(PretrainConfig):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f"{f.name} = {value} must be a finite number")
     for name in ("lr", "weight_decay", "moco_weight", "geo_weight", "momentum"):
         if getattr(cfg, name) < 0:
             bad(f"{name} = {getattr(cfg, name)} must be >= 0")

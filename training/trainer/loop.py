@@ -10,6 +10,7 @@ restores the RNG states, so with a deterministic loader the continued run matche
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -24,6 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
+from geo_ssl.training.data.gassl_crop import augment_for
+from geo_ssl.training.data.gpu_augment import DeviceDataPath, resolve_data_path
 from geo_ssl.training.evaluation.knn import extract_features, knn_top1
 from geo_ssl.training.models.backbone import FeatureExtractor
 from geo_ssl.training.models.methods import (
@@ -47,7 +50,6 @@ from geo_ssl.training.trainer.config import (
     RUN_DEFINING,
     PretrainConfig,
     resolved_bn_splits,
-    validate,
 )
 from geo_ssl.training.trainer.distributed import (
     DistContext,
@@ -57,16 +59,24 @@ from geo_ssl.training.trainer.distributed import (
     init_distributed,
     shutdown,
 )
+from geo_ssl.training.trainer.preflight import preflight
+from geo_ssl.training.trainer.run_folder import RunLock, prepare_run_folder, remove_stale_temps
 from geo_ssl.training.trainer.run_log import RunLog
+from geo_ssl.training.trainer.run_store import RunStore
 from geo_ssl.training.trainer.schedule import LrFactor
+from geo_ssl.training.trainer.signals import StopSignal, fork_shielded
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or with cfg.resume continue) a pretraining run in cfg.out; returns a result summary."""
     ctx = init_distributed()
+    trainer = Trainer(cfg, ctx)
     try:
-        return Trainer(cfg, ctx).run()
+        return trainer.run()
     finally:
+        trainer.release()
         shutdown(ctx)
 
 
@@ -77,28 +87,6 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-
-
-class StopSignal:
-    """Turns SIGTERM into a flag the loop checks after each step (checkpoint, then a clean exit)."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: Any = None
-
-    def __enter__(self) -> StopSignal:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _say(ctx: DistContext, message: str) -> None:
@@ -114,32 +102,52 @@ class Trainer:
         self.last_record: dict[str, Any] = {}
         self.last_knn: dict[str, Any] | None = None
         self._pending_rng: dict[str, torch.Tensor] | None = None
+        self._lock: RunLock | None = None
+        self.store = RunStore(cfg.out)  # --out on object storage: a local run cache, uploaded (run_store.py)
+
+    def release(self) -> None:
+        """Let another run use the folder (the kernel also drops the lock if the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.store.release()
 
     # ---- setup -------------------------------------------------------------------------------------
     def _configure(self) -> dict[str, Any] | None:
         cfg, ctx = self.cfg, self.ctx
-        validate(cfg, ctx.world_size)
-        if not fsio.is_local(cfg.out):
-            raise GeoSSLError(f"{cfg.out}: the run folder must be local (TensorBoard and metrics append)")
-        self.ckpt_url = os.path.join(cfg.out, LAST)
+        preflight(cfg, ctx.world_size)
+        if ctx.is_main and self.store.remote:
+            note = self.store.lock("geo-pretrain")  # a lock object in the bucket, with a heartbeat
+            if note:
+                _say(ctx, f"=> {note}")
+        elif ctx.is_main:
+            prepare_run_folder(cfg.out)
+            self._lock = RunLock(cfg.out).acquire()  # one run per folder; makes the temp sweep safe
+            removed = remove_stale_temps(cfg.out)
+            if removed:
+                _say(ctx, f"=> removed {len(removed)} temp file(s) left by a killed run in {cfg.out}")
+        barrier(ctx)
+        self.ckpt_url = fsio.join(cfg.out, LAST)
         ckpt = None
         if cfg.resume:
-            if not os.path.exists(self.ckpt_url):
+            if not fsio.exists(self.ckpt_url):
                 raise GeoSSLError(
                     f"{self.ckpt_url}: no checkpoint to resume; drop --resume to start a new run"
                 )
             ckpt = load_checkpoint(self.ckpt_url)
             if ckpt.get("format") != FORMAT:
                 raise GeoSSLError(f"{self.ckpt_url}: not a geo-pretrain checkpoint")
-            changed = [k for k in RUN_DEFINING if ckpt["config"].get(k) != getattr(cfg, k)]
+            # a field added after the checkpoint was written counts as its default
+            saved = {**_DEFAULTS, **ckpt["config"]}
+            changed = [k for k in RUN_DEFINING if saved.get(k) != getattr(cfg, k)]
             if changed:
-                diffs = ", ".join(f"{k}: {ckpt['config'].get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
                 raise GeoSSLError(
                     f"--resume: config differs from the checkpoint's ({diffs}); use a new --out"
                 )
             if ckpt["world_size"] != ctx.world_size:
                 _say(ctx, f"=> note: resuming on {ctx.world_size} ranks, saved on {ckpt['world_size']}")
-        elif os.path.exists(self.ckpt_url):
+        elif fsio.exists(self.ckpt_url):
             raise GeoSSLError(
                 f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
             )
@@ -151,6 +159,13 @@ class Trainer:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
             torch.use_deterministic_algorithms(True)
+        # The data first: a missing or too small split is reported before anything else about it.
+        self.loader = make_loader(cfg, ctx.rank, ctx.world_size)
+        self.device_data = None  # --data-path gpu decodes + augments the loader's JPEGs here
+        if resolve_data_path(cfg.data_path, ctx.device) == "gpu":
+            self.device_data = DeviceDataPath(ctx.device, cfg.image_size, cfg.augment, cfg.seed, ctx.rank)
+            if cfg.augment:  # --crop gassl on the device path too (the same sampler)
+                self.device_data.augment.aug = augment_for(cfg.crop, cfg.image_size)
         self.n_clusters = ckpt["n_clusters"] if ckpt else resolve_n_clusters(cfg)
         self.bn_splits = resolved_bn_splits(cfg, ctx.world_size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -164,7 +179,6 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        self.loader = make_loader(cfg, ctx.rank, ctx.world_size)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
             raise GeoSSLError(
@@ -177,6 +191,10 @@ class Trainer:
                       "the query's own location from the previous epoch (a false negative); use a smaller K")  # fmt: skip
         self.total_steps = cfg.epochs * self.steps_per_epoch  # what the lr schedule spans
         self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
+        if ckpt and ckpt["step"] >= self.stop_at:
+            why = (f"--max-steps {cfg.max_steps}" if self.stop_at < self.total_steps
+                   else f"the planned end ({cfg.epochs} epochs)")  # fmt: skip
+            _say(ctx, f"=> nothing to train: the checkpoint is at step {ckpt['step']}, already at {why}")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, LrFactor(cfg.schedule, self.total_steps, cfg.warmup_steps)
         )
@@ -256,6 +274,9 @@ class Trainer:
             "metrics": {k: v for k, v in self.last_record.items() if isinstance(v, int | float | str)},
         }
         save_checkpoint(self.ckpt_url, payload)
+        if self.store.remote and self.log:  # metrics and TensorBoard follow the checkpoint to the bucket
+            self.log.flush()
+            self.store.push()
 
     def _knn_monitor(self) -> None:
         """kNN top-1 of the query encoder's pooled features (rank 0; training RNG streams untouched)."""
@@ -269,19 +290,21 @@ class Trainer:
         bank_loader, query_loader = self._monitor_loaders
         kw = dict(device=self.ctx.device, autocast_dtype=self.amp_dtype)
         bank = extract_features(
-            extractor, bank_loader, max_samples=cfg.knn_bank_samples, desc="knn bank", **kw
+            extractor, fork_shielded(bank_loader), max_samples=cfg.knn_bank_samples, desc="knn bank", **kw
         )
         query = extract_features(
-            extractor, query_loader, max_samples=cfg.knn_query_samples, desc="knn query", **kw
+            extractor, fork_shielded(query_loader), max_samples=cfg.knn_query_samples, desc="knn query", **kw
         )
-        result = knn_top1(bank, query, k=cfg.knn_k, T=cfg.knn_t)
+        # k fits the bank: at most a tenth of it; k=200 over a 240-image bank is a majority vote
+        result = knn_top1(bank, query, k=min(cfg.knn_k, max(1, len(bank.labels) // 10)), T=cfg.knn_t)
         set_rng_state(saved)
         result.update(step=self.step, epoch=self.epoch, seconds=time.perf_counter() - t0)
         self.last_knn = result
         self.log.log(result, group="knn")
         _say(
             self.ctx,
-            f"=> kNN step {self.step}: top-1 {result['top1']:.2f}% (bank {result['bank']}, query {result['query']})",
+            f"=> kNN step {self.step}: top-1 {result['top1']:.2f}% (k {result['k']}, bank {result['bank']}, "
+            f"query {result['query']})",
         )
         barrier(self.ctx)
 
@@ -314,14 +337,21 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        # SIGTERM is a stop request from here on, during the setup too (a clean exit 143, not a kill).
+        with StopSignal() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: StopSignal) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         ckpt = self._configure()
         self._build(ckpt)
         del ckpt
         if ctx.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-            fsio.atomic_write_text(os.path.join(cfg.out, RUN_CONFIG), config_toml(cfg))
-        self.log = RunLog(cfg.out, resume_step=self.step if cfg.resume else None) if ctx.is_main else None
+            self.store.prepare(resume=bool(cfg.resume))
+            os.makedirs(self.store.local, exist_ok=True)
+            fsio.atomic_write_text(fsio.join(cfg.out, RUN_CONFIG), config_toml(cfg))
+        resume_step = self.step if cfg.resume else None
+        self.log = RunLog(self.store.local, resume_step=resume_step) if ctx.is_main else None
         self.t_start = time.time()
         self._warned = False
         stopped = None
@@ -331,19 +361,36 @@ class Trainer:
             f"{self.steps_per_epoch} steps/epoch, steps {self.step}..{self.stop_at} of {self.total_steps}, "
             f"batch {cfg.batch_size}, lr {cfg.base_lr:.4g}, bn_splits {self.bn_splits}"
         ))  # fmt: skip
+        if hasattr(self.loader, "plan"):
+            _say(ctx, f"=> epoch plan: {self.loader.plan.describe()}")
         bar = (
             progress_bar(self.stop_at, desc=f"pretrain {cfg.method}", unit="step", initial=self.step)
             if ctx.is_main
             else _NoBar()
         )
         try:
-            with StopSignal() as stop:
+            if stop.received is not None and not ctx.distributed:
+                # stopped while setting up: the current step is the restored one (or 0); make it resumable
+                if not fsio.exists(self.ckpt_url):
+                    self._checkpoint()
+                stopped = stop.received
+            else:
                 stopped = self._loop(stop, bar)
         finally:
             bar.close()
             if self.log:
                 self.log.close()
+                self._final_push()
         return self._finish(stopped)
+
+    def _final_push(self) -> None:
+        """Metrics and TensorBoard to a bucket --out; a failure here (the run may already be failing) is a
+        warning naming the local copy, never an error that hides the run's own outcome."""
+        try:
+            self.store.push()
+        except Exception as exc:  # the checkpoints are already uploaded
+            _say(self.ctx, f"=> warning: could not upload metrics/TensorBoard to {self.cfg.out} "
+                           f"({type(exc).__name__}); a copy is in {self.store.local}")  # fmt: skip
 
     def _loop(self, stop: StopSignal, bar: Any) -> int | None:
         cfg, ctx = self.cfg, self.ctx
@@ -352,10 +399,12 @@ class Trainer:
             if self.epoch_step == 0 and self._pending_rng is not None:
                 set_rng_state(self._pending_rng)
                 self._pending_rng = None
-            self.loader.set_epoch(self.epoch)
-            batches = iter(self.loader)
-            for _ in range(self.epoch_step):  # resume mid-epoch: skip what was trained on
-                next(batches)
+            # resume mid-epoch: the loader starts at batch epoch_step without decoding the ones before
+            self.loader.set_epoch(self.epoch, start_step=self.epoch_step)
+            # Workers fork at the first batch: with SIGTERM blocked, so only this process handles it.
+            batches = fork_shielded(self.loader)
+            if self.device_data is not None:  # GPU data path, prefetched in the background
+                batches = self.device_data.batches(batches, self.epoch, start_step=self.epoch_step)
             if self._pending_rng is not None:
                 set_rng_state(self._pending_rng)
                 self._pending_rng = None
@@ -365,13 +414,14 @@ class Trainer:
                 try:
                     batch = next(batches)
                 except Exception:
-                    # SIGTERM sent to the whole process group also killed the loader workers.
+                    # Fallback: workers that died anyway while a stop was pending (the step before
+                    # this one is complete, so its checkpoint is consistent).
                     if stop.received is not None and not ctx.distributed:
                         self._checkpoint()
                         return stop.received
                     raise
                 window["data"] += time.perf_counter() - t0
-                inputs = batch_inputs(self.method, batch, ctx.device, self.channels_last)
+                inputs = batch_inputs(self.method, batch, ctx.device, self.channels_last, self.n_clusters)
                 with torch.autocast(
                     ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
@@ -402,12 +452,15 @@ class Trainer:
                 stopping = stop.received is not None
                 if ctx.distributed:
                     stopping = self.step % cfg.log_every == 0 and any_rank(stopping, ctx)
-                if cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0:
-                    self._knn_monitor()
                 end_of_epoch = self.epoch_step == self.steps_per_epoch
-                if end_of_epoch and cfg.knn_every and (self.epoch + 1) % cfg.knn_every == 0:
-                    if not (cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0):
+                if not stopping:  # a pending stop skips the monitors: the checkpoint comes first
+                    if cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0:
                         self._knn_monitor()
+                    if end_of_epoch and cfg.knn_every and (self.epoch + 1) % cfg.knn_every == 0:
+                        if not (cfg.knn_every_steps and self.step % cfg.knn_every_steps == 0):
+                            self._knn_monitor()
+                    if not ctx.distributed:
+                        stopping = stop.received is not None
                 if stopping or end_of_epoch or self.step % cfg.ckpt_every == 0 or self.step == self.stop_at:
                     self._checkpoint()
                 if stopping:
@@ -435,7 +488,7 @@ class Trainer:
             "epoch": self.epoch,
             "interrupted": stopped is not None,
             "checkpoint": self.ckpt_url,
-            "metrics": os.path.join(self.cfg.out, "metrics.jsonl"),
+            "metrics": fsio.join(self.cfg.out, "metrics.jsonl"),
             "last": self.last_record,
             "knn": self.last_knn,
             "summary": summary.as_dict(),

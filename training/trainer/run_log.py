@@ -42,28 +42,42 @@ class RunLog:
                 if math.isfinite(value):
                     self._tb.add_scalar(f"{group}/{name}", value, step)
 
+    def flush(self) -> None:
+        """Everything logged so far on disk (before the run cache is uploaded, run_store.py)."""
+        self._file.flush()
+        self._tb.flush()
+
     def close(self) -> None:
         self._file.close()
         self._tb.close()
 
 
 def _read_lines(path: str) -> list[str]:
-    out = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            out.append(line)
+        return _valid_lines(f)
+
+
+def _valid_lines(lines: Any) -> list[str]:
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        out.append(line)
     return out
 
 
 def read_metrics(out: str, group: str | None = None) -> list[dict[str, Any]]:
-    """The records of a run folder's metrics.jsonl (optionally one group: train, knn, ...)."""
+    """The records of a run folder's metrics.jsonl (optionally one group: train, knn, ...); local or URL."""
+    if not fsio.is_local(out):
+        url = fsio.join(out, METRICS)
+        text = fsio.read_bytes(url).decode("utf-8") if fsio.exists(url) else ""
+        rows = [json.loads(line) for line in _valid_lines(text.splitlines())]
+        return [r for r in rows if group is None or r.get("group") == group]
     path = os.path.join(out, METRICS)
     rows = [json.loads(line) for line in _read_lines(path)] if os.path.exists(path) else []
     return [r for r in rows if group is None or r.get("group") == group]

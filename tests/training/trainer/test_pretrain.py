@@ -61,6 +61,7 @@ def test_short_run_loss_falls_and_logs(shards, tmp_path):
     assert all(0 <= r["data_wait"] <= 1 and r["samples_per_s"] > 0 and r["q_std"] > 0 for r in rows)
     knn = read_metrics(cfg.out, "knn")
     assert len(knn) == 1 and knn[0]["bank"] == 16 and knn[0]["query"] == 8 and 0 <= knn[0]["top1"] <= 100
+    assert knn[0]["k"] == 1  # --knn-k 5 fitted to the bank: at most a tenth of its 16 images
     assert result["knn"]["top1"] == knn[0]["top1"] and not result["interrupted"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "run" / "tb"))
     assert result["summary"]["inputs"] == result["summary"]["written"] == 30
