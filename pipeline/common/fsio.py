@@ -98,7 +98,10 @@ def atomic_local_path(url: str) -> Iterator[str]:
     folder = os.path.dirname(path) if local else None
     if local:
         os.makedirs(folder or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    if local:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    else:
+        fd, tmp = staging_temp("-" + os.path.basename(path))
     os.close(fd)
     try:
         yield tmp
@@ -123,10 +126,49 @@ def atomic_write_text(url: str, text: str) -> None:
     atomic_write_bytes(url, text.encode("utf-8"))
 
 
+def staging_dir() -> str:
+    """Where uploads to object storage are staged: one folder under the system temp, so that what a
+    killed run left there can be found and removed (files are named after the pid that wrote them)."""
+    folder = os.path.join(tempfile.gettempdir(), "geo-ssl-staging")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def staging_temp(suffix: str = "") -> tuple[int, str]:
+    """(fd, path) of a new local temp file for a later upload, named `.tmp-{pid}-...`."""
+    return tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=suffix, dir=staging_dir())
+
+
+def sweep_staging() -> int:
+    """Delete staged uploads whose writer is gone (a run killed mid-upload); return how many."""
+    folder, n = staging_dir(), 0
+    for name in os.listdir(folder):
+        pid = name.split("-")[1] if name.startswith(".tmp-") and name.count("-") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temps(url_dir: str) -> int:
-    """Delete temp files a killed run left behind in a local output folder; return how many."""
+    """Delete temp files a killed run left behind: in a local output folder, or, for an output on object
+    storage, its staged uploads in the local staging folder; return how many."""
     fs, path = get_fs(url_dir)
-    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+    if not isinstance(fs, LocalFileSystem):
+        return sweep_staging()
+    if not os.path.isdir(path):
         return 0
     n = 0
     for name in os.listdir(path):

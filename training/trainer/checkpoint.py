@@ -16,7 +16,6 @@ import contextlib
 import os
 import random
 import secrets
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -94,7 +93,8 @@ def _save_remote(url: str, payload: dict[str, Any]) -> None:
     PUT, or a multipart upload, which the store also shows only once complete): a reader sees the old
     checkpoint or the new one, never part of one. Transient upload errors are retried (retry.py)."""
     fs, path = fsio.get_fs(url)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".pt")
+    fsio.sweep_staging()
+    fd, tmp = fsio.staging_temp("-ckpt.pt")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
