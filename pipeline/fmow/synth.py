@@ -10,15 +10,11 @@ rerun with another seed cannot mix two data sets in one folder (the indexer only
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import math
-import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -27,7 +23,7 @@ import numpy as np
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import executor, fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary, progress
 from geo_ssl.pipeline.fmow.layout import CATEGORIES, VIEWS_PER_LOCATION, relative_image_path
@@ -141,7 +137,7 @@ _QUIRK_PERIOD = 29
 #: Settings of a run, kept in OUT/STAMP: a rerun must match them (a larger `locations` may extend a set).
 #: Bump GENERATOR whenever the bytes written for the same settings change.
 STAMP = ".synth-fmow.json"
-GENERATOR = "geo-ssl synth-fmow 1"
+GENERATOR = "geo-ssl synth-fmow 2"
 
 _TAG_CATEGORY, _TAG_SPLIT, _TAG_PLAN, _TAG_LOCATION, _TAG_OBJECT, _TAG_VIEW, _TAG_NOISE = range(1, 8)
 
@@ -185,14 +181,18 @@ def _rng(seed: int, tag: int, index: int, sub: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, tag, index, sub])
 
 
-def plan_locations(locations: int, seed: int = 0, val_fraction: float = 0.2) -> list[LocationPlan]:
+def plan_locations(
+    locations: int, seed: int = 0, val_fraction: float = 0.2, categories: Sequence[str] | None = None
+) -> list[LocationPlan]:
     """Categories, splits, view counts and positions of `locations` locations.
 
-    Categories come in shuffled blocks of 62, so every category is present from 62 locations on.
+    Categories come in shuffled blocks of 62 (or of `categories`, a subset of fMoW's names, e.g. for a
+    toy benchmark with more locations per class), so every category is present from one block on.
     Location i goes to val when floor((i + 1) f + phase) > floor(i f + phase): exactly about f of any
     prefix. Loc numbers count up per (split, category), as in real fMoW.
     """
     _check_args(locations, seed, val_fraction, None)
+    names = _check_categories(categories)
     phase = float(_rng(seed, _TAG_SPLIT, 0).random())
     weights = np.array([c[6] for c in CITIES])
     weights /= weights.sum()
@@ -203,9 +203,9 @@ def plan_locations(locations: int, seed: int = 0, val_fraction: float = 0.2) -> 
     plans = []
     block: np.ndarray | None = None
     for i in range(locations):
-        if i % len(CATEGORIES) == 0:
-            block = _rng(seed, _TAG_CATEGORY, i // len(CATEGORIES)).permutation(len(CATEGORIES))
-        category = CATEGORIES[int(block[i % len(CATEGORIES)])]  # type: ignore[index]
+        if i % len(names) == 0:
+            block = _rng(seed, _TAG_CATEGORY, i // len(names)).permutation(len(names))
+        category = names[int(block[i % len(names)])]  # type: ignore[index]
         split = (
             "val"
             if math.floor((i + 1) * val_fraction + phase) > math.floor(i * val_fraction + phase)
@@ -241,6 +241,7 @@ def synth_fmow(
     val_fraction: float = 0.2,
     realistic_sizes: bool = False,
     workers: int | None = None,
+    categories: Sequence[str] | None = None,
 ) -> Summary:
     """Write `locations` synthetic locations under `out` as `{train,val}/{category}/{category}_{loc}/...`."""
     _check_args(locations, seed, val_fraction, workers)
@@ -250,11 +251,13 @@ def synth_fmow(
         "val_fraction": val_fraction,
         "realistic_sizes": realistic_sizes,
     }
+    if categories is not None:  # absent for the full set, so such stamps read as before
+        settings["categories"] = list(_check_categories(categories))
     try:
         _claim(out, settings)
     except OSError as exc:
         raise GeoSSLError(f"{out}: cannot write the synthetic data set ({exc})") from None
-    plans = plan_locations(locations, seed, val_fraction)
+    plans = plan_locations(locations, seed, val_fraction, categories)
     workers = min(workers or os.cpu_count() or 1, locations)
     if isinstance(fsio.get_fs(out)[0], MemoryFileSystem):
         workers = 1  # a memory filesystem lives in one process; child processes would write to their own
@@ -309,29 +312,25 @@ def _check_args(locations: int, seed: int, val_fraction: float, workers: int | N
         raise GeoSSLError(f"--workers must be a whole number >= 1, got {workers!r}")
 
 
+def _check_categories(categories: Sequence[str] | None) -> tuple[str, ...]:
+    """The category names to draw from, in fMoW's order: all 62, or a subset of them."""
+    if categories is None:
+        return CATEGORIES
+    names = tuple(categories)
+    unknown = sorted(set(names) - set(CATEGORIES))
+    if unknown or not names or len(set(names)) != len(names):
+        problem = f"unknown {', '.join(unknown)}" if unknown else "empty or repeated names"
+        raise GeoSSLError(f"--categories must be distinct fMoW category names ({problem})")
+    return tuple(c for c in CATEGORIES if c in set(names))
+
+
 def _run(tasks: list[tuple], workers: int) -> Iterator[_Result]:
-    """Results in completion order; at most a few tasks per worker in flight."""
-    if workers <= 1:
-        yield from map(_make_location, tasks)
-        return
-    # spawn, not fork: the parent may hold threads (torch, Arrow, tqdm) that a forked child inherits locked
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    queue = iter(tasks)
-    try:
-        pending = {pool.submit(_make_location, t) for t in itertools.islice(queue, 4 * workers)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.add(pool.submit(_make_location, nxt))
-    except BrokenProcessPool as exc:
-        raise GeoSSLError(
-            f"a synth-fmow worker process died ({exc}); run again to resume, or use --workers 1"
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Results in completion order from the executor; at most a few tasks per worker in flight.
+
+    One worker (also forced for an in-memory filesystem, which lives in this process) runs here."""
+    yield from executor.run_tasks(
+        _make_location, tasks, workers, stage="synth-fmow", in_flight=4, local_only=workers <= 1
+    )
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -487,14 +486,17 @@ def _look(rng: np.random.Generator, plan: LocationPlan, acq: dict, texture: floa
     season = 1 + strength * summer * np.array([-0.05, 0.08, -0.03])
     light = float(np.clip(0.72 + 0.45 * math.sin(math.radians(acq["sun_elevation"])), 0.7, 1.15))
     light *= rng.uniform(0.95, 1.05)
-    gain = (season * light * np.array(acq["sensor"].tint)).astype(np.float32)
+    # a strong per-view colour cast (calibration, atmosphere, processing): what colour a site has in one
+    # acquisition says little about the next, as in real archives; only the shapes persist
+    cast = rng.uniform(0.75, 1.25, size=3)
+    gain = (season * light * cast * np.array(acq["sensor"].tint)).astype(np.float32)
     snow = 0.0
     if abs(plan.lat) > 40 and summer < -0.5 and plan.biome not in ("arid", "tropical") and rng.random() < 0.6:
         snow = strength * float(rng.uniform(0.3, 0.8))
     return Look(
         gain=gain,
         snow=snow,
-        haze=0.3 * float(rng.beta(1.3, 4.0)),
+        haze=0.55 * float(rng.beta(1.3, 3.0)),
         cloud_cover=acq["cloud_cover"] / 100,
         noise=_NOISE_DN * float(rng.uniform(0.8, 1.2)),
         texture=texture * float(rng.uniform(0.9, 1.1)),

@@ -75,7 +75,8 @@ class TerrainStyle:
     lattices: tuple[Image.Image, ...]  # height-field octaves, then moisture octaves (float 'F' squares)
     parcels: tuple[float, float, np.ndarray] | None  # (angle, cell size, random values 16x16)
     roads: tuple[tuple[float, float, float, RGB], ...]  # (angle, offset units, width m, colour)
-    object_tint: np.ndarray  # (3,) per-location colour jitter of the object
+    object_colour: np.ndarray  # (3, 3) per-location colour matrix of the object (hue, saturation, gain)
+    object_frame: tuple[float, float, float]  # (scale, u offset, v offset) of the drawing inside the box
     object_seed: tuple[int, ...]  # seeds the object layout; the same for every view
 
 
@@ -131,9 +132,31 @@ def make_terrain_style(rng: np.random.Generator, biome: str, object_seed: tuple[
         lattices=tuple(lattices),
         parcels=parcels,
         roads=tuple(roads),
-        object_tint=rng.uniform(0.88, 1.12, size=3).astype(np.float32),
+        object_colour=object_colour_matrix(rng),
+        object_frame=_object_frame(rng),
         object_seed=object_seed,
     )
+
+
+def object_colour_matrix(rng: np.random.Generator) -> np.ndarray:
+    """A per-location recolouring of the object: any hue, a random saturation and brightness.
+
+    Real sites of one category come in every paint and roof colour, so colour must not name the
+    category: only shapes and their arrangement do (what self-supervised features should pick up).
+    """
+    angle = rng.uniform(0, 2 * math.pi)
+    axis = np.full(3, 1 / math.sqrt(3))
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    grey = np.full((3, 3), 1 / 3)
+    saturation, gain = rng.uniform(0.0, 0.35), rng.uniform(0.8, 1.2)
+    return (gain * (grey + saturation * rotation @ (np.eye(3) - grey))).astype(np.float32)
+
+
+def _object_frame(rng: np.random.Generator) -> tuple[float, float, float]:
+    """Where the drawing sits inside the annotated box: 55-100% of its side, anywhere that fits."""
+    scale = float(rng.uniform(0.55, 1.0))
+    return scale, float(rng.uniform(0, 1 - scale)), float(rng.uniform(0, 1 - scale))
 
 
 def render_view(
@@ -143,7 +166,10 @@ def render_view(
     image = _terrain(style, frame)
     draw = ImageDraw.Draw(image)
     _roads(draw, style, frame)
-    pen = Pen(draw, frame.box, np.random.default_rng(list(style.object_seed)), style.object_tint, look)
+    x, y, w, h = frame.box
+    scale, du, dv = style.object_frame
+    inner = (round(x + du * w), round(y + dv * h), max(2, round(scale * w)), max(2, round(scale * h)))
+    pen = Pen(draw, inner, np.random.default_rng(list(style.object_seed)), style.object_colour, look)
     RECIPES[category](pen)
     return _acquire(np.asarray(image).copy(), look, rng)
 
@@ -306,19 +332,20 @@ class Pen:
     """
 
     def __init__(self, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rng: np.random.Generator,
-                 tint: np.ndarray, look: Look) -> None:  # fmt: skip
+                 colour: np.ndarray, look: Look) -> None:  # fmt: skip
         self.draw = draw
         self.x, self.y, self.w, self.h = box
         self.m = min(self.w, self.h)
         self.rng = rng
-        self.tint = tint
+        self.colour = colour
         elevation = math.radians(max(look.sun_elevation, 8.0))
         azimuth = math.radians(look.sun_azimuth)
         reach = min(3.0, 1 / math.tan(elevation))
         self.shadow_dir = (-math.sin(azimuth) * reach, math.cos(azimuth) * reach)
 
     def c(self, rgb: RGB) -> RGB:
-        return tuple(int(min(255, max(0, v * t))) for v, t in zip(rgb, self.tint, strict=True))  # type: ignore[return-value]
+        out = self.colour @ np.asarray(rgb, dtype=np.float32)
+        return tuple(int(v) for v in np.clip(out + 0.5, 0, 255))  # type: ignore[return-value]
 
     def p(self, u: float, v: float) -> tuple[float, float]:
         return (self.x + u * self.w, self.y + v * self.h)

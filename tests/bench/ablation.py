@@ -1,13 +1,17 @@
 """Ablation on synthetic fMoW built by the real pipeline: random init vs moco, +tp, +geo, +geo+tp.
 
-    python -m tests.bench.ablation --out ablation-out [--locations 600 --epochs 8]
+    python -m tests.bench.ablation --out ablation-out [--locations 400 --epochs 12 --seeds 0,1,2]
 
-Data: synth-fmow -> index-fmow -> cluster -> write-shards into OUT/data (the build layout, index in
-OUT/data/index). Every method gets the same budget (epochs x steps, batch, lr, seed, ResNet-18 at
---image-size) and the same frozen evaluation of its exported backbone on the val split's categories
-(62 classes, every view an image): a linear probe on precomputed features and weighted kNN (k=20).
-About 15 minutes on 2 CPU cores with the defaults. Re-running skips finished steps (the data, finished
-runs) and continues interrupted runs. Writes OUT/ablation.md and OUT/ablation.json.
+Data: synth-fmow (by default 10 of fMoW's categories, so that each class has ~30 train locations)
+-> index-fmow -> cluster -> write-shards into OUT/data (the build layout, index in OUT/data/index).
+Every method gets the same budget (epochs x steps, batch, lr, seed, ResNet-18 at --image-size) and
+the same frozen evaluation of its exported backbone on the val split's categories (every view an
+image): a linear probe on precomputed features and weighted kNN (k=20). About 12 minutes on 2 CPU
+cores with the defaults (ResNet-18 at 32 px, 120 steps per run, 12 runs; see BENCHMARKS.md).
+Re-running skips finished steps (the data, finished runs) and continues interrupted runs. Every arm
+(random init included: a random network per seed) runs once per training seed in --seeds on the same
+data; the table gives mean ± sample std and whether each method clears random init beyond the spread.
+Writes OUT/ablation.md and OUT/ablation.json.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
 from geo_ssl.pipeline.cluster import cluster
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.fmow.index import index_fmow
+from geo_ssl.pipeline.fmow.layout import CATEGORIES
 from geo_ssl.pipeline.fmow.synth import synth_fmow
 from geo_ssl.pipeline.shards.options import ShardOptions
 from geo_ssl.pipeline.shards.write import write_shards
@@ -34,18 +40,26 @@ from geo_ssl.training.trainer.run_log import read_metrics
 METHODS = ("moco", "moco+tp", "moco+geo", "moco+geo+tp")
 
 
-def build_data(out: Path, locations: int, k: int, seed: int) -> str:
+#: The toy ablation's classes: ten fMoW categories whose synthetic drawings differ in shape.
+TOY_CATEGORIES = ("airport", "crop_field", "golf_course", "interchange", "parking_lot_or_garage", "solar_farm",
+                  "stadium", "storage_tank", "swimming_pool", "wind_farm")  # fmt: skip
+
+
+def build_data(
+    out: Path, locations: int, k: int, seed: int, categories: tuple[str, ...] | None = TOY_CATEGORIES,
+    resize: int = 64,
+) -> str:  # fmt: skip
     """The shard folder (reused when its manifest exists)."""
     data = out / "data"
     if (data / "manifest.parquet").exists():
         return str(data)
     root, index = out / "fmow-synth", data / "index"
-    print(synth_fmow(str(root), locations=locations, seed=seed).line())
+    print(synth_fmow(str(root), locations=locations, seed=seed, categories=categories).line())
     print(index_fmow(str(root), str(index)).line())
     print(cluster(str(index), k=k, seed=seed)["line"])
     print(
         write_shards(
-            str(index), str(data), options=ShardOptions(resize=160, shard_bytes="8MB", seed=seed)
+            str(index), str(data), options=ShardOptions(resize=resize, shard_bytes="8MB", seed=seed)
         ).line()
     )
     return str(data)
@@ -54,7 +68,7 @@ def build_data(out: Path, locations: int, k: int, seed: int) -> str:
 def run_config(data: str, out: Path, method: str, args: argparse.Namespace) -> PretrainConfig:
     return PretrainConfig(
         data=data, out=str(out / "runs" / method.replace("+", "_")), method=method, arch="resnet18",
-        image_size=args.image_size, batch_size=args.batch_size, moco_k=args.queue, moco_m=0.99, temperature=0.2,
+        image_size=args.image_size, batch_size=args.batch_size, moco_k=args.queue, moco_m=0.99, temperature=args.temperature,
         lr=args.lr, epochs=args.epochs, num_workers=args.workers, shuffle_buffer=200, seed=args.seed,
         knn_every=0, log_every=5, ckpt_every=100,
     )  # fmt: skip
@@ -73,59 +87,119 @@ def pretrain_once(cfg: PretrainConfig) -> float:
     return time.time() - t0
 
 
+def random_backbone(out: Path, seed: int) -> str:
+    """A seeded random-init ResNet-18 backbone file (seed 0 is geo-eval's `--weights random`)."""
+    import torch
+
+    from geo_ssl.training.models.backbone import build_resnet
+
+    path = out / f"random-s{seed}.pth"
+    if not path.exists():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_resnet("resnet18")
+        torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, path)
+    return str(path)
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="ablation-out")
-    p.add_argument("--locations", type=int, default=600)
-    p.add_argument("--clusters", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--locations", type=int, default=400)
+    p.add_argument(
+        "--categories", default=",".join(TOY_CATEGORIES), help="comma-separated fMoW categories ('all' = 62)"
+    )
+    p.add_argument("--clusters", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--resize", type=int, default=64, help="stored view size (shorter side) in the shards")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--queue", type=int, default=128, help="MoCo K; keep it well below the train locations")
-    p.add_argument("--lr", type=float, default=0.06)
+    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="comma-separated training seeds (init, order, augmentation), e.g. 0,1,2",
+    )
     args = p.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     os.environ.setdefault("GEO_SSL_PROGRESS", "0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    data = build_data(out, args.locations, args.clusters, args.seed)
+    categories = None if args.categories == "all" else tuple(c for c in args.categories.split(",") if c)
+    data = build_data(out, args.locations, args.clusters, args.seed, categories, args.resize)
     card = json.loads(fsio.read_bytes(os.path.join(data, "dataset.json")))
     rows = []
-    print("== random init")
-    rows.append({"method": "random init", "steps": 0, "pretrain_s": 0.0,
-                 **evaluate_backbone("random", data, args.image_size, args.workers, arch="resnet18")})  # fmt: skip
-    for method in METHODS:
-        cfg = run_config(data, out, method, args)
-        print(f"== {method}")
-        seconds = pretrain_once(cfg)
-        backbone = str(out / f"backbone-{method.replace('+', '_')}.pth")
-        export_backbone(os.path.join(cfg.out, LAST), backbone)
-        last = read_metrics(cfg.out, "train")[-1]
-        rows.append({"method": method, "steps": last["step"], "pretrain_s": seconds,
-                     "loss_moco": last["loss_moco"], "q_std": last["q_std"],
-                     **evaluate_backbone(backbone, data, args.image_size, args.workers)})  # fmt: skip
+    for seed in seeds:
+        print(f"== random init, seed {seed}")
+        rows.append({"method": "random init", "seed": seed, "steps": 0, "pretrain_s": 0.0,
+                     **evaluate_backbone(random_backbone(out, seed), data, args.image_size, args.workers)})  # fmt: skip
+        for method in METHODS:
+            cfg = run_config(data, out, method, args)
+            cfg.seed = seed
+            tag = method.replace("+", "_") + ("" if seed == 0 else f"-s{seed}")  # seed 0: the earlier folders
+            cfg.out = str(out / "runs" / tag)
+            print(f"== {method}, seed {seed}")
+            seconds = pretrain_once(cfg)
+            backbone = str(out / f"backbone-{tag}.pth")
+            export_backbone(os.path.join(cfg.out, LAST), backbone)
+            last = read_metrics(cfg.out, "train")[-1]
+            rows.append({"method": method, "seed": seed, "steps": last["step"], "pretrain_s": seconds,
+                         "loss_moco": last["loss_moco"], "q_std": last["q_std"],
+                         **evaluate_backbone(backbone, data, args.image_size, args.workers)})  # fmt: skip
     splits = card["splits"]
     lines = [
-        "# Ablation: frozen ResNet-18 features on synthetic fMoW (category, 62 classes)",
+        f"# Ablation: frozen ResNet-18 features on synthetic fMoW (category, {len(categories or CATEGORIES)} classes)",
         "",
-        f"Data: synth-fmow {args.locations} locations -> index -> cluster (k={args.clusters}) -> write-shards; "
+        f"Data: synth-fmow {args.locations} locations ({'all' if categories is None else len(categories)} "
+        f"categories), views stored at {args.resize} px -> index -> cluster (k={args.clusters}) -> write-shards; "
         f"train {splits['train']['samples']} locations / {splits['train']['views']} views, "
         f"val {splits['val']['samples']} / {splits['val']['views']}.",
         f"Pretraining: {args.epochs} epochs, batch {args.batch_size}, {args.image_size} px, K={args.queue}, m=0.99, "
-        f"T=0.2, lr {args.lr} (cosine), seed {args.seed}, CPU. Evaluation: frozen backbone, features of every "
-        "view (eval transform), linear probe 30 epochs (SGD lr 1.0, cosine, wd 0) and kNN (k=20, T=0.1), "
-        "train split -> val split.",
+        f"T={args.temperature}, lr {args.lr} (cosine), seeds {','.join(map(str, seeds))}, CPU. Evaluation: frozen backbone, "
+        "features of every view (eval transform), linear probe 30 epochs (SGD lr 1.0, cosine, wd 0) and kNN "
+        "(k=20, T=0.1), train split -> val split.",
         "",
-        "| method | steps | pretrain s | final loss_moco | q std (1/sqrt(128)=0.088) | kNN top-1 | linear top-1 |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | steps | pretrain s (mean) | final loss_moco | q std (1/sqrt(128)=0.088) | "
+        "kNN top-1 mean ± std | linear top-1 mean ± std |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        loss = f"{r['loss_moco']:.3f}" if "loss_moco" in r else "-"
-        std = f"{r['q_std']:.4f}" if "q_std" in r else "-"
-        lines.append(f"| {r['method']} | {r['steps']} | {r['pretrain_s']:.0f} | {loss} | {std} | "
-                     f"{r['knn_top1']:.1f}% | {r['linear_top1']:.1f}% |")  # fmt: skip
+    for method in ("random init", *METHODS):
+        mine = [r for r in rows if r["method"] == method]
+        knn, lin = spread([r["knn_top1"] for r in mine]), spread([r["linear_top1"] for r in mine])
+        loss = f"{statistics.fmean(r['loss_moco'] for r in mine):.3f}" if "loss_moco" in mine[0] else "-"
+        std = f"{statistics.fmean(r['q_std'] for r in mine):.4f}" if "q_std" in mine[0] else "-"
+        lines.append(f"| {method} | {len(mine)} | {mine[0]['steps']} | "
+                     f"{statistics.fmean(r['pretrain_s'] for r in mine):.0f} | {loss} | {std} | "
+                     f"{knn[0]:.1f} ± {knn[1]:.1f}% | {lin[0]:.1f} ± {lin[1]:.1f}% |")  # fmt: skip
+    lines += [
+        "",
+        "Above random init by more than the spread (mean gap > std of the method + std of random init):",
+        "",
+    ]
+    base = [r for r in rows if r["method"] == "random init"]
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        verdicts = []
+        for metric in ("knn_top1", "linear_top1"):
+            (m, sd), (m0, sd0) = spread([r[metric] for r in mine]), spread([r[metric] for r in base])
+            verdict = "yes" if m - m0 > sd + sd0 else "no"
+            verdicts.append(f"{metric.split('_')[0]} {m - m0:+.1f} points ({verdict})")
+        lines.append(f"- {method}: " + ", ".join(verdicts))
+    lines += ["", "Per seed (kNN / linear top-1):", ""]
+    lines += [
+        f"- {r['method']}, seed {r['seed']}: {r['knn_top1']:.1f}% / {r['linear_top1']:.1f}%" for r in rows
+    ]
     lines += ["", f"Total wall time {time.time() - t_start:.0f} s (data build included when not reused).", ""]
     (out / "ablation.md").write_text("\n".join(lines))
     (out / "ablation.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))

@@ -25,6 +25,7 @@ from geo_ssl.pipeline.cli import main as cli_main
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.fmow.layout import CATEGORIES, PATH_RE, VIEWS_PER_LOCATION
 from geo_ssl.pipeline.fmow.synth import STAMP, plan_locations, synth_fmow, utm_zone
+from geo_ssl.pipeline.fmow.synth_render import object_colour_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 LOCATIONS, SEED = 64, 5  # 64 >= 62: every category present
@@ -219,7 +220,8 @@ def test_locations_spread_worldwide_and_straddle_the_antimeridian(metas) -> None
 
 
 def test_views_of_one_location_look_alike(metas) -> None:
-    """Object box crops at 8x8: a view's nearest neighbour is mostly another view of the same place."""
+    """Object box crops at 8x8, in grey and standardised (each view has its own colour cast and haze, so
+    only the pattern persists): a view's nearest neighbour is mostly another view of the same place."""
     feats, locs, cats = [], [], []
     for path, meta in metas.items():
         if not path.name.endswith("_rgb.json"):
@@ -227,7 +229,8 @@ def test_views_of_one_location_look_alike(metas) -> None:
         x, y, w, h = object_entry(meta)["box"]
         with Image.open(path.with_suffix(".jpg")) as im:
             crop = im.convert("RGB").crop((x, y, x + w, y + h)).resize((8, 8), Image.Resampling.BOX)
-        feats.append(np.asarray(crop, dtype=np.float32).ravel() / 255)
+        grey = np.asarray(crop, dtype=np.float32).mean(axis=2).ravel()
+        feats.append((grey - grey.mean()) / (grey.std() + 1e-3) / 8)
         locs.append(path.parent.name)
         cats.append(path.parent.parent.name)
     f, loc, cat = np.array(feats), np.array(locs), np.array(cats)
@@ -356,3 +359,36 @@ def test_cli_reports_a_user_mistake_on_one_line(tmp_path: Path, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and "Traceback" not in err[0]
+
+
+def test_a_subset_of_categories_for_toy_benchmarks(tmp_path: Path) -> None:
+    subset = ("stadium", "solar_farm", "tower")
+    plans = plan_locations(30, seed=2, categories=subset)
+    counts = Counter(p.category for p in plans)
+    assert set(counts) == set(subset) and set(counts.values()) == {10}  # shuffled blocks of the subset
+    assert [p.split for p in plans] == [p.split for p in plan_locations(30, seed=2)]  # splits unchanged
+    out = tmp_path / "fmow"
+    synth_fmow(str(out), locations=3, seed=2, workers=1, categories=subset)
+    assert json.loads((out / STAMP).read_text())["categories"] == sorted(subset, key=CATEGORIES.index)
+    assert {p.parent.parent.name for p in out.glob("*/*/*/*_rgb.jpg")} == set(subset)
+    with pytest.raises(GeoSSLError, match="categories"):  # another subset in the same folder
+        synth_fmow(str(out), locations=3, seed=2, workers=1, categories=("tower",))
+    with pytest.raises(GeoSSLError, match=r"--categories.*unknown castle"):
+        plan_locations(3, categories=("tower", "castle"))
+    with pytest.raises(GeoSSLError, match="--categories"):
+        plan_locations(3, categories=())
+
+
+def test_object_colour_is_any_hue_so_only_shape_names_the_category() -> None:
+    """The per-location recolouring keeps greys grey, and sends one paint colour all round the hue circle."""
+    mats = [object_colour_matrix(np.random.default_rng(i)) for i in range(200)]
+    grey = np.array([100.0, 100.0, 100.0])
+    for m in mats:
+        out = m @ grey
+        assert np.ptp(out) < 1e-3 and 70 <= out[0] <= 125
+    red = np.array([200.0, 40.0, 40.0])
+    hues = []
+    for m in mats:
+        r, g, b = m @ red
+        hues.append(math.degrees(math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360)
+    assert np.histogram(hues, bins=6, range=(0, 360))[0].min() >= 15  # every sextant of the circle
