@@ -21,6 +21,7 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
     t0 = time.time()
     root = fsio.join(out, "fmow-synth")
     build_dir = fsio.join(out, "build")
+    _drop_outdated(out, root)
     print(f"== 1/4 synth-fmow: {locations} locations in the fMoW-rgb layout -> {root}")
     print(synth_fmow(root, locations=locations, seed=seed).line())
     print(f"== 2/4 build: index, cluster (k={k}), write-shards -> {build_dir}")
@@ -53,6 +54,26 @@ def run_demo(out: str, locations: int = 300, k: int = 16, seed: int = 0, train: 
         print(f"  training: {out}/run/ (checkpoints, metrics.jsonl, TensorBoard)")
     print(f"  geoimagenet: {out}/geoimagenet/ (harvest/, index/, train-*.tar, val-*.tar)")
     return results
+
+
+def _drop_outdated(out: str, root: str) -> None:
+    """A demo folder from an older synth-fmow generator is the demo's own output: start it afresh, rather
+    than stop as synth-fmow must for a user's folder."""
+    import json
+    import shutil
+
+    from geo_ssl.pipeline.fmow.synth import GENERATOR, STAMP
+
+    stamp = fsio.join(root, STAMP)
+    if not fsio.is_local(out) or not fsio.exists(stamp):
+        return
+    try:
+        found = json.loads(fsio.read_bytes(stamp)).get("generator")
+    except ValueError:
+        found = None
+    if found != GENERATOR:
+        print(f"== {out} holds a demo made by {found!r}; starting it afresh with {GENERATOR!r}")
+        shutil.rmtree(out)
 
 
 def main(argv: list[str] | None = None) -> None:
