@@ -240,11 +240,12 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-class _TrainStream(IterableDataset):
-    """One worker's batches of one epoch: (batch, stats delta) items, or a _Failure."""
+class _WorkerStream(IterableDataset):
+    """In a loader worker, a GeoSSLError travels to the main process as a _Failure item (one line there,
+    not a worker traceback); in the main process it is raised as is."""
 
-    def __init__(self, spec: _Spec):
-        self.spec = spec
+    def _batches(self) -> Iterator:
+        raise NotImplementedError
 
     def __iter__(self):
         try:
@@ -253,6 +254,13 @@ class _TrainStream(IterableDataset):
             if get_worker_info() is None:
                 raise
             yield _Failure(exc)
+
+
+class _TrainStream(_WorkerStream):
+    """One worker's batches of one epoch: (batch, stats delta) items, or a _Failure."""
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
 
     def _refill(self, block: list[Slice], stats: LoaderStats) -> Iterator[dict]:
         """Samples to fill the last batches after corrupt ones were skipped, only read when the first pass
@@ -401,18 +409,10 @@ def _collate_deferred(batch: list[Picked], spec: _Spec) -> dict:
     return {"views_jpeg": views, "geo_cluster": geo, "category": category, "key": keys}
 
 
-class _EvalStream(IterableDataset):
+class _EvalStream(_WorkerStream):
     def __init__(self, source: _Source, image_size: int, batch_size: int, all_views: bool, strict: bool):
         self.source, self.image_size, self.batch_size = source, image_size, batch_size
         self.all_views, self.strict = all_views, strict
-
-    def __iter__(self):
-        try:
-            yield from self._batches()
-        except GeoSSLError as exc:
-            if get_worker_info() is None:
-                raise
-            yield _Failure(exc)
 
     def _batches(self):
         worker, n_workers = _worker()
