@@ -56,6 +56,21 @@ def _type_ok(value: object, types: tuple) -> bool:
     return isinstance(value, types)
 
 
+def _header_problems(meta: object, keys: dict) -> tuple[list[str], bool]:
+    """(problems, fields_ok): the checks every layout shares. fields_ok is False when the json is not an
+    object or lacks or mistypes a field, and then only those problems are listed."""
+    if not isinstance(meta, dict):
+        return ["json is not an object"], False
+    problems = _missing_or_mistyped(meta, keys, "json")
+    if problems:
+        return problems, False
+    if meta["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        problems.append(f"schema_version {meta['schema_version']} is not compatible with {SCHEMA_VERSION}")
+    if "." in meta["key"]:
+        problems.append(f"key {meta['key']!r} contains a dot")
+    return problems, True
+
+
 def check_sample(
     meta: object, fields: Iterable[str] | None = None, cls: bytes | str | None = None
 ) -> list[str]:
@@ -64,15 +79,9 @@ def check_sample(
     meta: the parsed json member; fields: the sample's member names without the key (e.g. "00.jpg");
     cls: the raw cls member. Member checks are skipped when they are not given.
     """
-    if not isinstance(meta, dict):
-        return ["json is not an object"]
-    problems = _missing_or_mistyped(meta, SAMPLE_KEYS, "json")
-    if problems:
+    problems, fields_ok = _header_problems(meta, SAMPLE_KEYS)
+    if not fields_ok:
         return problems
-    if meta["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        problems.append(f"schema_version {meta['schema_version']} is not compatible with {SCHEMA_VERSION}")
-    if "." in meta["key"]:
-        problems.append(f"key {meta['key']!r} contains a dot")
     if not (-90 <= meta["lat"] <= 90 and -180 <= meta["lon"] <= 180):
         problems.append(f"lat/lon {meta['lat']}, {meta['lon']} out of range")
     views = meta["views"]
@@ -134,15 +143,9 @@ def check_view_sample(
     meta: object, fields: Iterable[str] | None = None, cls: bytes | str | None = None
 ) -> list[str]:
     """Problems of one sample of the views layout (one view per sample; empty when it conforms)."""
-    if not isinstance(meta, dict):
-        return ["json is not an object"]
-    problems = _missing_or_mistyped(meta, VIEW_SAMPLE_KEYS, "json")
-    if problems:
+    problems, fields_ok = _header_problems(meta, VIEW_SAMPLE_KEYS)
+    if not fields_ok:
         return problems
-    if meta["schema_version"].split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        problems.append(f"schema_version {meta['schema_version']} is not compatible with {SCHEMA_VERSION}")
-    if "." in meta["key"]:
-        problems.append(f"key {meta['key']!r} contains a dot")
     if meta["key"] != f"{meta['location_key']}-v{meta['view_index']:02d}":
         problems.append(f"key {meta['key']!r} is not location_key-vNN for view {meta['view_index']}")
     if not (-90 <= meta["lat"] <= 90 and -180 <= meta["lon"] <= 180):
