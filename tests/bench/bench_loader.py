@@ -6,17 +6,24 @@ against torchvision, and memory over an epoch.
 
 Data: `synth-fmow --realistic-sizes` -> index-fmow -> cluster -> write-shards twice from the same index:
 "whole" (whole images, shorter side 448: the paper's size, the hard case) and "box" (box crops with
-context, shorter side <= 256). Cached in DATA (default OUT/data) and reused by later runs.
+context, shorter side <= 256); and, for the GASSL baseline on box crops, each train view's box + context
+cut from its source file at source resolution and saved as `<loc>_<view>_rgb_crop_0.jpg` (GASSL's loader
+reads whatever files its CSV lists and has no box logic, so box crops reach it as files; see
+BENCHMARKS.md). Cached in DATA (default OUT/data) and reused by later runs.
 
 Every figure is per core, one thread (torch and OpenCV), in-process: items per CPU-second of this
 process (the machine may be shared; CPU time, not wall time). The measurements run interleaved, round
-after round (baseline, whole, box, augment off, pure decode, ...), and each figure is the median over
-rounds, so a change of machine load hits all of them alike.
-  (a) pairs/s per core with full MoCo-v2 augmentation against a baseline over the same source images
-      that loads as GASSL did: open the full-size JPEG with PIL, Resize(448), CenterCrop(448), then
-      torchvision's MoCo-v2 transform (Pillow blur), twice per pair.
-  (b) the loader with augment=False (decode + crop/resize + normalise) against a pure decode loop
-      (simplejpeg, same settings as the loader) over the stored views' bytes already in memory.
+after round (baseline, whole, box, augment off, pure decode, ...); each figure is the best of its rounds
+(load only slows a measurement down) and each ratio the best of the same-round ratios.
+  (a) pairs/s per core with full MoCo-v2 augmentation, as uint8 batches (what geo-pretrain reads and
+      normalises on its device) and as float32 batches (the default for direct API use), against one
+      epoch of GASSL's loader over the same source images: every train image once as the anchor, its
+      temporal partner globbed as GASSL does, each opened with PIL at full size, Resize(448),
+      CenterCrop(448), torchvision's MoCo-v2 transform (Pillow blur), twice per pair; on the raw source
+      files and on the box-crop files.
+  (b) the loader with augment=False (decode + crop/resize, then the uint8 copy or the float normalise)
+      against a pure decode loop (simplejpeg, same settings as the loader) over the stored views' bytes
+      already in memory.
   (c) where a pair's time goes: each stage of the CPU path timed alone on the same views.
   (e) colour fidelity: mean absolute difference (levels of 255) of each jitter op against
       torchvision.transforms.v2.functional on the same factors, over fixed stored views.
@@ -31,7 +38,6 @@ import json
 import os
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import threading
@@ -43,9 +49,10 @@ import torch
 
 
 def _cpu_times() -> tuple[float, float]:
-    """(this process CPU s, reaped children CPU s)."""
+    """(this process CPU s, reaped children CPU s); os.times() counts in 10 ms ticks, so this process's
+    own time comes from process_time() (ns resolution)."""
     t = os.times()
-    return t.user + t.system, t.children_user + t.children_system
+    return time.process_time(), t.children_user + t.children_system
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -75,18 +82,59 @@ def build_data(data: Path, locations: int) -> tuple[dict[str, Path], Path]:
             write_shards(
                 str(index), str(out), options=ShardOptions(workers=workers, shard_bytes=4_000_000, **opts)
             )
+    gassl_box_files(index, data / "gassl-box")
     print(f"data ready in {time.perf_counter() - t:.0f} s", flush=True)
     return {name: out for name, (out, _) in sets.items()}, index
+
+
+def gassl_box_files(index: Path, out: Path) -> Path:
+    """The box crops GASSL's loader would read as files: each train view's box with the fMoW baseline's
+    context ("auto", the rule the box shards use), cut from the same source image at its own resolution and
+    saved next to its location as `<location>_<view>_rgb_crop_0.jpg` (the 15-character suffix GASSL's
+    temporal glob expects), JPEG quality 75 with 4:2:0 chroma like the source files. Made once."""
+    from PIL import Image
+
+    from geo_ssl.pipeline.common.tables import read_table
+    from geo_ssl.pipeline.fmow.synth import JPEG_QUALITY
+    from geo_ssl.pipeline.shards.imageops import crop_region
+
+    done = out / "_done"
+    if done.exists():
+        return out
+    Image.MAX_IMAGE_PIXELS = None
+    rows = read_table(str(index / "images.parquet"), "image_index",
+                      columns=["split", "image_path", "box"]).to_pylist()  # fmt: skip
+    for r in rows:
+        if r["split"] != "train":
+            continue
+        src = Path(r["image_path"])
+        dst = out / src.parent.parent.name / src.parent.name / (src.name[: -len(".jpg")] + "_crop_0.jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            x, y, w, h = crop_region(r["box"], im.size, "auto")
+            im.convert("RGB").crop((x, y, x + w, y + h)).save(
+                dst, "JPEG", quality=JPEG_QUALITY, subsampling=2
+            )
+    done.write_text("ok")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- (a)
 
 
 def measure_loader(
-    shards: Path, augment: bool, num_workers: int, batches: int, batch_size: int, decode: str = "cpu"
+    shards: Path,
+    augment: bool,
+    num_workers: int,
+    batches: int,
+    batch_size: int,
+    decode: str = "cpu",
+    output: str = "uint8",
 ) -> dict:
-    """Pairs per wall second and per CPU second (main + worker processes). decode="defer": the GPU
-    path's CPU side (read, select, shuffle, batch the JPEG bytes; nothing decoded)."""
+    """Pairs per wall second and per CPU second (main + worker processes). output="uint8": the 8-bit
+    batches geo-pretrain reads (normalised on its device); "float": normalised float32 batches, the
+    loader's default for direct API use. decode="defer": the GPU path's CPU side (read, select, shuffle,
+    batch the JPEG bytes; nothing decoded)."""
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
 
     cfg = LoaderConfig(
@@ -98,6 +146,7 @@ def measure_loader(
         shuffle_buffer=100,
         epoch_samples=batch_size * (batches + 1),
         decode=decode,
+        output=output,
     )
     loader = pretrain_loader(cfg)
     it = iter(loader)
@@ -127,31 +176,55 @@ def measure_loader(
     }
 
 
-def gassl_baseline(index: Path, pairs: int, seed: int = 0) -> dict:
-    """Load pairs as GASSL's CustomDatasetFromImagesTemporal + MoCo-v2 transform did, from the fMoW tree."""
-    from PIL import Image
-    from torchvision import transforms as T
-
+def gassl_anchors(index: Path, box_files: Path | None = None) -> list[str]:
+    """The train images GASSL's CSV would list: the source files, or their pre-cut box crops."""
     from geo_ssl.pipeline.common.tables import read_table
-    from geo_ssl.training.data.augment import torchvision_mocov2
 
-    Image.MAX_IMAGE_PIXELS = None
     rows = read_table(
         str(index / "images.parquet"), "image_index", columns=["split", "image_path"]
     ).to_pylist()
-    anchors = [r["image_path"] for r in rows if r["split"] == "train"]
+    paths = sorted(r["image_path"] for r in rows if r["split"] == "train")
+    if box_files is None:
+        return paths
+    return [
+        str(
+            box_files / Path(p).parent.parent.name / Path(p).parent.name / (Path(p).name[:-4] + "_crop_0.jpg")
+        )
+        for p in paths
+    ]
+
+
+def _temporal_partners(anchor: str) -> list[str]:
+    """The other views of the anchor's location, found as GASSL's CustomDatasetFromImagesTemporal finds
+    them: glob `<folder>/<location>_*<suffix>`. For GASSL's crop names the suffix is the name's last 15
+    characters (`_rgb_crop_0.jpg`); raw fMoW names (`_rgb.jpg`, 8 characters) make GASSL's own glob find
+    nothing and its .remove() raise, so for them the suffix is `_rgb.jpg` (what copies patched it to)."""
+    folder, name = os.path.split(anchor)
+    suffix = name[-15:] if name.endswith("_crop_0.jpg") else "_rgb.jpg"
+    location = name[: -len(suffix)].rsplit("_", 1)[0]
+    return [p for p in glob.glob(os.path.join(folder, f"{location}_*{suffix}")) if p != anchor]
+
+
+def gassl_baseline(anchors: list[str], seed: int = 0) -> dict:
+    """One epoch of GASSL's loader over these files: every image once as the anchor (its CSV rows), the
+    partner drawn from its location as GASSL does, each opened with PIL (full size, no reduced decode),
+    Resize(448), CenterCrop(448), then the MoCo-v2 transform (Pillow blur), twice per pair."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from geo_ssl.training.data.augment import torchvision_mocov2
+
+    Image.MAX_IMAGE_PIXELS = None
     rng = random.Random(seed)
     random.seed(seed)
     torch.manual_seed(seed)
+    order = list(anchors)
+    rng.shuffle(order)
     transform = T.Compose([T.Resize(448), T.CenterCrop(448), torchvision_mocov2(224)])
     c0 = time.process_time()
     t0 = time.perf_counter()
-    for _ in range(pairs):
-        anchor = rng.choice(anchors)
-        # GASSL globs files sharing the anchor's name minus the temporal index, and the suffix.
-        folder, name = os.path.split(anchor)
-        prefix = name.rsplit("_", 2)[0]
-        others = [p for p in glob.glob(os.path.join(folder, f"{prefix}_*_rgb.jpg")) if p != anchor]
+    for anchor in order:
+        others = _temporal_partners(anchor)
         other = rng.choice(others) if others else anchor
         views = []
         for path in (anchor, other):
@@ -161,11 +234,11 @@ def gassl_baseline(index: Path, pairs: int, seed: int = 0) -> dict:
     cpu = time.process_time() - c0
     wall = time.perf_counter() - t0
     return {
-        "pairs": pairs,
+        "pairs": len(order),
         "wall_s": wall,
         "cpu_s": cpu,
-        "pairs_per_s": pairs / wall,
-        "pairs_per_core_s": pairs / cpu,
+        "pairs_per_s": len(order) / wall,
+        "pairs_per_core_s": len(order) / cpu,
     }
 
 
@@ -184,13 +257,15 @@ def stored_views(shards: Path) -> list[bytes]:
 
 
 def pure_decode(blobs: list[bytes], views: int) -> dict:
-    """The loader's decoder (same settings), full size, bytes in memory: the loader's ceiling."""
-    from geo_ssl.training.data.decode import decode_rgb
+    """The loader's decoder (same settings: fast IDCT, the reused scratch buffer), full size, bytes in
+    memory: the loader's ceiling."""
+    from geo_ssl.training.data.decode import decode_rgb, jpeg_size
 
     blobs = (blobs * (views // max(1, len(blobs)) + 1))[:views]
     c0 = time.process_time()
     for b in blobs:
-        decode_rgb(b)
+        w, h = jpeg_size(b)
+        decode_rgb(b, 1, w, h, scratch=True)
     return {"views": len(blobs), "views_per_core_s": len(blobs) / (time.process_time() - c0)}
 
 
@@ -215,7 +290,7 @@ def stage_breakdown(blobs: list[bytes], views: int, size: int = 224, seed: int =
             "grayscale",
             "blur",
             "flip",
-            "normalise",
+            "normalise into the float32 batch (output=float)",
         ),
         0.0,
     )
@@ -229,7 +304,7 @@ def stage_breakdown(blobs: list[bytes], views: int, size: int = 224, seed: int =
         p = aug.sample(rng, w, h)
         c1 = clock()
         r = dct_reduction([p.box], size)
-        image = decode_rgb(data, r, w, h)
+        image = decode_rgb(data, r, w, h, scratch=True)
         c2 = clock()
         crop = crop_resize(image, p.box, size, image.shape[1] / w, image.shape[0] / h)
         img = np.ascontiguousarray(crop.permute(1, 2, 0).numpy())
@@ -250,9 +325,9 @@ def stage_breakdown(blobs: list[bytes], views: int, size: int = 224, seed: int =
             t[k] += dt
         crops.append(torch.from_numpy(img).permute(2, 0, 1))
         if len(crops) == 64 or i == views - 1:
-            c = clock()
+            c = clock()  # the uint8 output needs no stage here: the last op writes into the batch
             A.finish_views(crops, None, out=buffers.get((len(crops), 3, size, size)))
-            t["normalise"] += clock() - c
+            t["normalise into the float32 batch (output=float)"] += clock() - c
             crops = []
     return {k: 1e3 * v / views for k, v in t.items()}
 
@@ -373,8 +448,15 @@ def rss_in_fresh_process(shards: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def _median(runs: list[dict], key: str) -> float:
-    return float(statistics.median(r[key] for r in runs))
+def _best(runs: list[dict], key: str) -> float:
+    """The least disturbed of the rounds: the machine is shared, load only ever slows a measurement."""
+    return float(max(r[key] for r in runs))
+
+
+def _ratio(ours: list[dict], base: list[dict], key: str = "pairs_per_core_s") -> str:
+    """Best of the same-round ratios (both measured within seconds of each other), and all of them."""
+    ratios = [a[key] / b[key] for a, b in zip(ours, base, strict=True)]
+    return f"**{max(ratios):.1f}x** ({', '.join(f'{x:.1f}' for x in ratios)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,9 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--data", help="cached build folder (default OUT/data)")
     parser.add_argument("--locations", type=int, default=48, help="synthetic locations to build (first run)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures: best round")
     parser.add_argument("--batches", type=int, default=6, help="batches of 32 pairs per loader measurement")
-    parser.add_argument("--baseline-pairs", type=int, default=24, help="baseline pairs per round")
     parser.add_argument("--no-rss", action="store_true", help="skip (d), the 2-worker memory run")
     parser.add_argument("--rss-only", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -404,24 +485,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sets, index = build_data(Path(args.data) if args.data else out / "data", args.locations)
+    data_dir = Path(args.data) if args.data else out / "data"
+    sets, index = build_data(data_dir, args.locations)
     blobs = {name: stored_views(path) for name, path in sets.items()}
     load_start = os.getloadavg()
     t_start = time.perf_counter()
 
     bs = 32
     runs: dict[str, list[dict]] = {}
+    anchors = {"raw": gassl_anchors(index), "box": gassl_anchors(index, data_dir / "gassl-box")}
 
     def record(name: str, result: dict) -> None:
+        result["load"] = os.getloadavg()[0]
         runs.setdefault(name, []).append(result)
         print(f"round {len(runs[name])} {name}:", _fmt(result), flush=True)
 
     for r in range(args.rounds):
-        record("baseline", gassl_baseline(index, args.baseline_pairs, seed=r))
+        record("baseline raw", gassl_baseline(anchors["raw"], seed=r))
         for name, path in sets.items():
-            record(f"{name} aug", measure_loader(path, True, 0, args.batches, bs))
-            record(f"{name} plain", measure_loader(path, False, 0, args.batches, bs))
+            for output in ("uint8", "float"):
+                record(f"{name} aug {output}", measure_loader(path, True, 0, args.batches, bs, output=output))
+                record(
+                    f"{name} plain {output}", measure_loader(path, False, 0, args.batches, bs, output=output)
+                )
             record(f"{name} decode", pure_decode(blobs[name], 150))
+            for output in ("uint8", "float"):  # as geo-pretrain runs: worker processes, start-up included
+                w2 = measure_loader(path, True, 2, 2 * args.batches, bs, output=output)
+                record(f"{name} aug {output} 2 workers", w2)
+        record("baseline box", gassl_baseline(anchors["box"], seed=r))
         record("whole defer", measure_loader(sets["whole"], True, 0, 4 * args.batches, bs, decode="defer"))
     load_end = os.getloadavg()
     wall = time.perf_counter() - t_start
@@ -430,43 +521,64 @@ def main(argv: list[str] | None = None) -> int:
     rss = None if args.no_rss else rss_in_fresh_process(sets["whole"])
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    base = _median(runs["baseline"], "pairs_per_core_s")
+    key = "pairs_per_core_s"
+    base = {b: _best(runs[f"baseline {b}"], key) for b in ("raw", "box")}
     lines = [
         "# Loader benchmark (CPU path)",
         "",
-        f"Data: real pipeline (synth-fmow --realistic-sizes, {args.locations} locations), two shard sets "
-        "from the same index and source images. Mean stored view: "
+        f"Data: real pipeline (synth-fmow --realistic-sizes, {args.locations} locations, {len(anchors['raw'])} "
+        "train images), two shard sets from the same index and source images. Mean stored view: "
         + ", ".join(f"{n} {sum(map(len, b)) / len(b) / 1024:.0f} KB" for n, b in blobs.items())
         + f". Machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at start, {load_end[0]:.1f} "
         f"at the end of {args.rounds} interleaved rounds ({wall:.0f} s). Batch 32 pairs, 224 px, in-process, "
-        "torch and OpenCV 1 thread; per core = pairs per CPU-second, median over rounds.",
+        "torch and OpenCV 1 thread; per core = pairs per CPU-second; each figure is the best of its rounds, "
+        "each ratio the best of the same-round ratios.",
         "",
-        "| (a) measurement | pairs/s per core | vs baseline | rounds (pairs/s per core) |",
-        "|---|---:|---:|---|",
-        f"| GASSL-style baseline (PIL full-size source JPEG, Resize 448, CenterCrop 448, torchvision MoCo-v2) "
-        f"| {base:.1f} | 1.0x | {_rounds(runs['baseline'])} |",
+        "| (a) measurement | pairs/s per core | vs GASSL on raw files | vs GASSL on box-crop files | rounds |",
+        "|---|---:|---:|---:|---|",
+        "| GASSL baseline, raw source files (one epoch: PIL full-size decode, Resize 448, CenterCrop 448, "
+        f"torchvision MoCo-v2) | {base['raw']:.1f} | 1.0x | - | {_rounds(runs['baseline raw'])} |",
+        "| GASSL baseline, box-crop files (the same, on each view's box + context cut from the source file) "
+        f"| {base['box']:.1f} | - | 1.0x | {_rounds(runs['baseline box'])} |",
     ]
     for name, label in (("whole", "whole 448 px views"), ("box", "box crops, shorter side <= 256")):
-        v = _median(runs[f"{name} aug"], "pairs_per_core_s")
-        lines.append(
-            f"| ours, MoCo-v2 augmentation, {label} | **{v:.1f}** | **{v / base:.1f}x** | {_rounds(runs[name + ' aug'])} |"
-        )
-    defer = _median(runs["whole defer"], "pairs_per_core_s")
+        for output, what in (
+            ("uint8", "uint8 batches (what geo-pretrain reads)"),
+            ("float", "float32 batches"),
+        ):
+            runs_ = runs[f"{name} aug {output}"]
+            lines.append(
+                f"| ours, MoCo-v2, {label}, {what} | **{_best(runs_, key):.1f}** "
+                f"| {_ratio(runs_, runs['baseline raw'])} | {_ratio(runs_, runs['baseline box'])} | {_rounds(runs_)} |"
+            )
+    for name, label in (("whole", "whole 448 px views"), ("box", "box crops")):
+        for output in ("uint8", "float"):
+            runs_ = runs[f"{name} aug {output} 2 workers"]
+            lines.append(
+                f"| ours, {label}, {output}, 2 loader worker processes (CPU of all processes, start-up "
+                f"included) | {_best(runs_, key):.1f} | {_ratio(runs_, runs['baseline raw'])} "
+                f"| {_ratio(runs_, runs['baseline box'])} | {_rounds(runs_)} |"
+            )
     lines.append(
         f'| GPU path\'s CPU side (decode="defer": read, select, shuffle, batch JPEG bytes), whole views '
-        f"| {defer:.0f} | - | {_rounds(runs['whole defer'])} |"
+        f"| {_best(runs['whole defer'], key):.0f} | - | - | {_rounds(runs['whole defer'])} |"
     )
     lines += [
         "",
-        "| (b) augmentation off vs pure decode | loader views/s per core (augment=False) | pure decode views/s per core | ratio |",
-        "|---|---:|---:|---:|",
+        "| (b) augmentation off vs pure decode | output | loader views/s per core (augment=False) "
+        "| pure decode views/s per core | ratio (best round) |",
+        "|---|---|---:|---:|---:|",
     ]
     for name in sets:
-        plain = _median(runs[f"{name} plain"], "pairs_per_core_s") * statistics.median(
-            r["views_per_pair"] for r in runs[f"{name} plain"]
-        )
-        dec = _median(runs[f"{name} decode"], "views_per_core_s")
-        lines.append(f"| {name} | {plain:.0f} | {dec:.0f} | **{100 * plain / dec:.0f}%** |")
+        dec = runs[f"{name} decode"]
+        for output in ("uint8", "float"):
+            plain = runs[f"{name} plain {output}"]
+            views = [r[key] * r["views_per_pair"] for r in plain]
+            ratios = [v / d["views_per_core_s"] for v, d in zip(views, dec, strict=True)]
+            lines.append(
+                f"| {name} | {output} | {max(views):.0f} | {_best(dec, 'views_per_core_s'):.0f} "
+                f"| **{100 * max(ratios):.0f}%** ({', '.join(f'{100 * x:.0f}' for x in ratios)}) |"
+            )
     lines += [
         "",
         "| (c) CPU ms per view, each stage timed alone | " + " | ".join(sets) + " |",
@@ -474,10 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for stage in stages["whole"]:
         lines.append(f"| {stage} | " + " | ".join(f"{stages[n][stage]:.3f}" for n in sets) + " |")
-    lines.append("| sum of stages | " + " | ".join(f"{sum(stages[n].values()):.3f}" for n in sets) + " |")
+    float_stage = "normalise into the float32 batch (output=float)"
     lines.append(
-        "| whole loader per view (1 / (2 x pairs/s per core)) | "
-        + " | ".join(f"{1e3 / (2 * _median(runs[n + ' aug'], 'pairs_per_core_s')):.3f}" for n in sets)
+        "| sum of stages, uint8 output | "
+        + " | ".join(f"{sum(v for k, v in stages[n].items() if k != float_stage):.3f}" for n in sets)
+        + " |"
+    )
+    lines.append(
+        "| whole loader per view, uint8 output (1 / (2 x pairs/s per core), best round) | "
+        + " | ".join(f"{1e3 / (2 * _best(runs[n + ' aug uint8'], key)):.3f}" for n in sets)
         + " |"
     )
     lines += [
@@ -497,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "Goals (issue 11): whole views >= 180 pairs/s per core; box crops >= 300 pairs/s per core and >= 25x "
-        "the baseline; augmentation off >= 80% of pure decode; every colour op within 2 levels.",
+        "the baseline; augmentation off >= 80% of pure decode; every colour op within 2 levels. Load average "
+        "at each measurement: bench_loader.json (runs[...][i].load).",
     ]
     text = "\n".join(lines) + "\n"
     (out / "bench_loader.md").write_text(text)

@@ -10,7 +10,10 @@ One shard sample is one location with all its views (schemas/SAMPLE_FORMAT.md). 
     shuffle     -- a shuffle buffer of these encoded samples, inside one worker's share of one epoch
     render      -- draw crop/jitter/blur/flip, decode only the chosen views in the DCT domain, then colour,
                    grayscale, blur and flip on the 8-bit crop (geo_ssl.training.data.augment)
-    batch       -- normalise every crop straight into a reused float batch (augment.BatchBuffers)
+    batch       -- normalise every crop straight into a reused float batch (augment.BatchBuffers), or
+                   with output="uint8" render each view straight into its slot of a channels-last uint8
+                   batch (its last op writes there), for the consumer to normalise on its device
+                   (augment.normalize_batch; what the trainer does)
 
 Exact epochs: every location of the split comes exactly once per epoch over all ranks and workers, and
 every rank yields exactly `len(loader)` batches (`loader.plan`: the samples below one global batch are
@@ -38,6 +41,12 @@ Other SSL methods (SimCLR, BYOL, multi-crop, ...) ask the same shards for N view
         for batch in loader:   # batch["views"]: float32 [B, 4, 3, 224, 224]
             ...                # batch["geo_cluster"], batch["category"]: int64 [B]; batch["key"]: list[str]
 
+8-bit batches (`LoaderConfig(output="uint8")`): the same crops, augmented, not normalised: "q", "k" and
+"views" are uint8 [..., 3, S, S] with channels-last strides (a quarter of the bytes to move to a GPU and
+no float pass on the loader's cores). `augment.normalize_batch(batch["q"].to(device))` gives what the
+default output="float" batch holds (within 4e-7 on a GPU, bit-identical as a contiguous CPU tensor);
+geo-pretrain consumes them that way.
+
 Deferred decode (for a GPU data path, geo_ssl.training.data.gpu_*): `LoaderConfig(decode="defer")`
 does everything except decode and augmentation (shard order, view choice, shuffle, batching, corrupt-json
 accounting) and yields the chosen views' JPEG bytes, one list entry per sample, in batch order:
@@ -64,14 +73,21 @@ import itertools
 import math
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.training.data.augment import BatchBuffers, MocoV2Augment, ViewParams, eval_params, finish_views
+from geo_ssl.training.data.augment import (
+    BatchBuffers,
+    MocoV2Augment,
+    ViewParams,
+    eval_params,
+    finish_views,
+    uint8_batch,
+)
 from geo_ssl.training.data.epoch_plan import (
     EpochPlan,
     Slice,
@@ -111,6 +127,7 @@ __all__ = [
 ]
 
 _DECODE_MODES = ("cpu", "defer")
+_OUTPUTS = ("float", "uint8")
 
 
 @dataclass
@@ -137,6 +154,7 @@ class LoaderConfig:
     read_attempts: int = 6
     epoch_unit: str = "location"  # "image": each location once per view (GASSL's epoch; epoch_unit.py)
     crop: str = "moco"  # "gassl": GASSL's +TP crop (gassl_crop.py)
+    output: str = "float"  # "uint8": unnormalised 8-bit batches (module doc); decode="defer" ignores it
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -226,6 +244,7 @@ class _Spec:
     decode: str = "cpu"
     unit_views: list[ShardViews] | None = None  # epoch_unit "image": plan positions are views
     crop: str = "moco"
+    output: str = "float"
 
 
 def _read(spec: _Spec, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
@@ -335,7 +354,8 @@ class _TrainStream(_WorkerStream):
                 out = _collate_deferred(batch, spec)
             else:
                 rng_aug = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, j, "augment"))
-                out = _collate_train(_render_batch(batch, spec, aug, rng_aug, errors, stats), spec)
+                u8, slots = _uint8_slots(spec) if spec.output == "uint8" else (None, None)
+                out = _collate_train(_render_batch(batch, spec, aug, rng_aug, errors, stats, slots), spec, u8)
             stats.samples += spec.batch_size
             yield out, stats.take()
 
@@ -347,9 +367,11 @@ def _render_batch(
     rng: random.Random,
     errors: SampleErrors,
     stats: LoaderStats,
+    slots: Callable[[int], list] | None = None,
 ) -> list:
     """Decode and crop each sample; one that fails is replaced by another sample of the same batch drawn
-    anew, so that a batch always consumes exactly batch_size samples of the stream (resume stays exact)."""
+    anew, so that a batch always consumes exactly batch_size samples of the stream (resume stays exact).
+    `slots(i)`: sample i's output arrays (the uint8 batch), written in place by the render."""
 
     def params_for(w: int, h: int) -> ViewParams:
         return aug.sample(rng, w, h) if spec.augment else eval_params(w, h)
@@ -357,7 +379,7 @@ def _render_batch(
     out: list = [None] * len(batch)
     for i, picked in enumerate(batch):
         try:
-            crops, params = render_views(picked, spec.image_size, params_for)
+            crops, params = render_views(picked, spec.image_size, params_for, slots and slots(i))
         except Exception as exc:
             errors.record(f"shard {picked.url} key {picked.key}", exc)
             continue
@@ -370,7 +392,7 @@ def _render_batch(
     for i, item in enumerate(out):
         if item is None:
             picked = out[good[i % len(good)]][0]
-            crops, params = render_views(picked, spec.image_size, params_for)
+            crops, params = render_views(picked, spec.image_size, params_for, slots and slots(i))
             stats.refilled += 1
             out[i] = (picked, crops, params)
     return out
@@ -379,16 +401,35 @@ def _render_batch(
 _OUT_BUFFERS = BatchBuffers()  # per process; a worker hands out fresh shared-memory batches
 
 
-def _collate_train(items: list, spec: _Spec) -> dict:
-    b, n, s = len(items), spec.n_views, spec.image_size
-    # Output memory reused across batches and crops normalised straight into it (augment.BatchBuffers).
+def _batch_shape(spec: _Spec) -> tuple[int, ...]:
+    b, n, s = spec.batch_size, spec.n_views, spec.image_size
+    return (n, b, 3, s, s) if spec.layout == "pairs" else (b, n, 3, s, s)  # pairs: a q block, a k block
+
+
+def _uint8_slots(spec: _Spec) -> tuple[torch.Tensor, Callable[[int], list]]:
+    """The batch's uint8 output (channels-last, augment.uint8_batch) and, per sample, the (S, S, 3)
+    arrays its views are rendered into: no copy after the render."""
+    b, n, s = spec.batch_size, spec.n_views, spec.image_size
+    out = uint8_batch(_batch_shape(spec), _OUT_BUFFERS)
+    hwc = out.view(b * n, 3, s, s).permute(0, 2, 3, 1).numpy()  # a view: out's own memory
     if spec.layout == "pairs":
-        out = _OUT_BUFFERS.get((n, b, 3, s, s))
-        order = [(i, j) for j in range(n) for i in range(b)]  # view-major: q block, then k block
+        return out, lambda i: [hwc[j * b + i] for j in range(n)]
+    return out, lambda i: [hwc[i * n + j] for j in range(n)]
+
+
+def _collate_train(items: list, spec: _Spec, rendered: torch.Tensor | None = None) -> dict:
+    """The batch dict; `rendered`: the uint8 batch the views were already rendered into (_uint8_slots),
+    else the crops are normalised into a reused float batch (augment.BatchBuffers)."""
+    b, n, s = len(items), spec.n_views, spec.image_size
+    if rendered is not None:  # 8-bit, channels-last: the consumer normalises (augment.normalize_batch)
+        out = rendered
     else:
-        out = _OUT_BUFFERS.get((b, n, 3, s, s))
-        order = [(i, j) for i in range(b) for j in range(n)]
-    finish_views([items[i][1][j] for i, j in order], None, out=out.view(b * n, 3, s, s))
+        if spec.layout == "pairs":
+            order = [(i, j) for j in range(n) for i in range(b)]  # view-major: q block, then k block
+        else:
+            order = [(i, j) for i in range(b) for j in range(n)]
+        out = _OUT_BUFFERS.get(_batch_shape(spec))
+        finish_views([items[i][1][j] for i, j in order], None, out=out.view(b * n, 3, s, s))
     geo = torch.tensor([it[0].geo for it in items], dtype=torch.int64)
     category = torch.tensor([it[0].category for it in items], dtype=torch.int64)
     keys = [it[0].key for it in items]
@@ -470,11 +511,15 @@ def _worker_init(_: int) -> None:
     _fixed_mmap_threshold()
 
 
-def _fixed_mmap_threshold(nbytes: int = 128 * 1024) -> None:
+def _fixed_mmap_threshold(nbytes: int = 256 * 1024) -> None:
     """Stop glibc from raising its mmap threshold after the first large free.
 
-    JPEG payloads and decoded images (100 KB - 1 MB) otherwise land in the heap, whose fragmentation
+    Large JPEG payloads and images (256 KB - several MB) otherwise land in the heap, whose fragmentation
     grows a worker's RSS by hundreds of MB over an epoch; returned to the OS via mmap, RSS stays flat.
+    256 KB, not lower: a 224 px crop and each colour op's output (147 KB) then reuse heap memory instead
+    of faulting in fresh pages every time (8-18% more pairs per core with 2 workers, measured), and
+    the decoded image goes into a reused buffer (decode.decode_rgb(scratch=True)). PSS over an epoch
+    stays flat (BENCHMARKS.md, loader (d)).
     """
     try:
         import ctypes
@@ -496,6 +541,9 @@ def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
         num_workers=num_workers,
         worker_init_fn=_worker_init,
         persistent_workers=False,
+        # its own generator: starting the workers must not draw from the caller's global torch RNG
+        # (a mid-epoch resume restores that RNG; a draw after it would shift the trainer's randomness)
+        generator=torch.Generator(),
     )
     it = iter(loader)
     try:
@@ -611,6 +659,8 @@ def _train_loader(
         raise GeoSSLError("batch_size, n_views must be >= 1 and image_size >= 8")
     if cfg.decode not in _DECODE_MODES:
         raise GeoSSLError(f"decode={cfg.decode!r}: choose one of {', '.join(_DECODE_MODES)}")
+    if cfg.output not in _OUTPUTS:
+        raise GeoSSLError(f"output={cfg.output!r}: choose one of {', '.join(_OUTPUTS)}")
     if cfg.cache_dir:
         ShardCache(cfg.cache_dir, cfg.cache_limit)  # checks the folder and the limit up front
     shards = resolve_shards(cfg.urls, cfg.split, cfg.storage_options)
@@ -642,19 +692,20 @@ def _train_loader(
         decode=cfg.decode,
         unit_views=unit_views,
         crop=cfg.crop,
+        output=cfg.output,
     )
     return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0)
 
 
 def pretrain_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> StreamingLoader:
     """MoCo pairs: dict items {"q", "k": float32 [B, 3, S, S], "geo_cluster", "category": int64 [B], "key"}
-    (with decode="defer": "q_jpeg", "k_jpeg": list[bytes] instead of "q", "k")."""
+    (output="uint8": "q", "k" unnormalised uint8; decode="defer": "q_jpeg", "k_jpeg": list[bytes])."""
     return _train_loader(cfg, 2, rank, world_size, "pairs")
 
 
 def views_loader(cfg: LoaderConfig, n_views: int, rank: int = 0, world_size: int = 1) -> StreamingLoader:
     """N views per location: dict items {"views": float32 [B, N, 3, S, S], "geo_cluster", "category", "key"}
-    (with decode="defer": "views_jpeg": list[list[bytes]] instead of "views")."""
+    (output="uint8": "views" unnormalised uint8; decode="defer": "views_jpeg": list[list[bytes]])."""
     return _train_loader(cfg, n_views, rank, world_size, "views")
 
 

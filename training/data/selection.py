@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from geo_ssl.training.data.augment import ViewParams, spatial
@@ -84,17 +85,31 @@ def pick_views(sample: dict, fields_of: Callable[[list[str]], tuple[str, ...]]) 
 
 
 def render_views(
-    picked: Picked, size: int, params_for: Callable[[int, int], ViewParams]
+    picked: Picked,
+    size: int,
+    params_for: Callable[[int, int], ViewParams],
+    outs: Sequence[np.ndarray] | None = None,
 ) -> tuple[list, list]:
-    """Decode each distinct chosen view once and return its crops (uint8, flipped/blurred) and params."""
+    """Decode each distinct chosen view once and return its crops (uint8, flipped/blurred) and params.
+
+    `outs`: per output view, a (size, size, 3) uint8 slot of the batch that receives the crop (written by
+    the resize or by the last augmentation op, not copied afterwards); the crops are then views of them.
+    """
     sizes = {f: jpeg_size(b) for f, b in picked.data.items()}
     params = [params_for(*sizes[f]) for f in picked.fields]
     crops: list[torch.Tensor | None] = [None] * len(picked.fields)
     for f in picked.data:
         idx = [i for i, g in enumerate(picked.fields) if g == f]
         w, h = sizes[f]
-        for i, crop in zip(
-            idx, decode_crops(picked.data[f], [params[i].box for i in idx], size, w, h), strict=True
+        slots = [None if outs is None else outs[i] for i in idx]
+        plain = [None if _augments(params[i]) else slot for i, slot in zip(idx, slots, strict=True)]
+        boxes = [params[i].box for i in idx]
+        for i, slot, crop in zip(
+            idx, slots, decode_crops(picked.data[f], boxes, size, w, h, plain), strict=True
         ):
-            crops[i] = spatial(crop, params[i])
+            crops[i] = spatial(crop, params[i], out=slot if _augments(params[i]) else None)
     return crops, params
+
+
+def _augments(params: ViewParams) -> bool:
+    return bool(params.jitter or params.gray or params.blur_sigma > 0 or params.flip)

@@ -71,8 +71,11 @@ def build_model(cfg: PretrainConfig, n_clusters: int, bn_splits: int) -> nn.Modu
                    geo_weight=cfg.geo_weight)  # fmt: skip
 
 
-def make_loader(cfg: PretrainConfig, rank: int, world_size: int) -> Iterable:
-    """This rank's pretraining loader (len() = steps per epoch, set_epoch(e) reshuffles)."""
+def make_loader(cfg: PretrainConfig, rank: int, world_size: int, output: str = "float") -> Iterable:
+    """This rank's pretraining loader (len() = steps per epoch, set_epoch(e) reshuffles).
+
+    output="uint8": 8-bit batches that `batch_inputs` normalises on the training device (the trainer's
+    choice: a quarter of the bytes to move, no float pass on the loader's cores)."""
     from geo_ssl.training.data.gpu_augment import resolve_data_path
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader, views_loader
 
@@ -89,7 +92,7 @@ def make_loader(cfg: PretrainConfig, rank: int, world_size: int) -> Iterable:
         epoch_samples=cfg.epoch_samples or None,
         epoch_unit=cfg.epoch_unit, crop=cfg.crop,  # GASSL's epoch and +TP crop
         # the GPU data path gets JPEG bytes; the trainer decodes + augments them on the device
-        decode="defer" if resolve_data_path(cfg.data_path) == "gpu" else "cpu",
+        decode="defer" if resolve_data_path(cfg.data_path) == "gpu" else "cpu", output=output,
     )  # fmt: skip
     if method.family == "simclr":
         return views_loader(lc, 2, rank, world_size)
@@ -101,19 +104,27 @@ def batch_inputs(
 ) -> tuple:
     """Move one loader item to the device as the model's forward arguments.
 
-    With a geo head (`n_clusters` > 0) every cluster id must be a class of the head: an id out of
+    uint8 images (the loader's output="uint8") are normalised on the device after the move
+    (augment.normalize_batch), into the same float32 values the float output holds. With a geo head (`n_clusters` > 0) every cluster id must be a class of the head: an id out of
     range stops the run naming the sample, instead of an IndexError deep in cross-entropy."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if method.family == "simclr":
-        return (batch["views"].to(device, non_blocking=True),)
+        return (_images_to(batch["views"], device, torch.contiguous_format),)
     q, k, geo = batch["q"], batch["k"], batch["geo_cluster"]
     if method.geo and n_clusters:
         check_cluster_ids(geo, batch.get("key"), n_clusters)
-    return (
-        q.to(device, non_blocking=True, memory_format=fmt),
-        k.to(device, non_blocking=True, memory_format=fmt),
-        geo.to(device, non_blocking=True),
-    )
+    return (_images_to(q, device, fmt), _images_to(k, device, fmt), geo.to(device, non_blocking=True))
+
+
+def _images_to(images: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    """Float images moved as they are; uint8 ones moved as bytes, then normalised on the device."""
+    if images.dtype != torch.uint8:
+        if images.dim() != 4:
+            return images.to(device, non_blocking=True)
+        return images.to(device, non_blocking=True, memory_format=fmt)
+    from geo_ssl.training.data.augment import normalize_batch
+
+    return normalize_batch(images.to(device, non_blocking=True), memory_format=fmt)
 
 
 def check_cluster_ids(geo: torch.Tensor, keys: list[str] | None, n_clusters: int) -> None:

@@ -160,7 +160,9 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
             torch.use_deterministic_algorithms(True)
         # The data first: a missing or too small split is reported before anything else about it.
-        self.loader = make_loader(cfg, ctx.rank, ctx.world_size)
+        # 8-bit batches, normalised on ctx.device in batch_inputs: 4x fewer bytes to move, no float pass
+        # on the loader's cores; the float output's values (bit-identical on CPU, within 4e-7 on a GPU)
+        self.loader = make_loader(cfg, ctx.rank, ctx.world_size, output="uint8")
         self.device_data = None  # --data-path gpu decodes + augments the loader's JPEGs here
         if resolve_data_path(cfg.data_path, ctx.device) == "gpu":
             self.device_data = DeviceDataPath(ctx.device, cfg.image_size, cfg.augment, cfg.seed, ctx.rank)
