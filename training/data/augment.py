@@ -2,7 +2,7 @@
 
 The recipe is MoCo-v2's (facebookresearch/moco, main_moco.py --aug-plus), drawn independently per view:
 RandomResizedCrop(S, scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2,
-Gaussian blur with sigma ~ U(0.1, 2) p=0.5, horizontal flip p=0.5, ImageNet normalisation, in that order.
+Gaussian blur with sigma ~ U(0.1, 2) p=0.5 (pixels of a 224 px crop, scaled with the crop size), horizontal flip p=0.5, ImageNet normalisation, in that order.
 MoCo's blur is Pillow's `GaussianBlur(radius=sigma)` (radius is the standard deviation there), not
 torchvision's `GaussianBlur`; ours is a true Gaussian of that sigma (radius ceil(3 sigma), mirrored
 border), within about 0.6 of a level of Pillow's three-box approximation.
@@ -83,6 +83,10 @@ class MocoV2Augment:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     p_blur: float = 0.5
     p_flip: float = 0.5
+    #: blur_sigma is in pixels of a crop this size (MoCo-v2's 224) and scales with image_size, so a 64 px
+    #: crop is blurred as much relative to its size as a 224 px one (unscaled, sigma 2 on 64 px is 3.5x
+    #: stronger and held the ablation's MoCo below random init; BENCHMARKS.md). 0 = never scale.
+    blur_reference: int = 224
 
     def sample(self, rng: random.Random, width: int, height: int) -> ViewParams:
         box = random_resized_crop_box(rng, width, height, self.scale, self.ratio)
@@ -98,6 +102,8 @@ class MocoV2Augment:
             jitter = tuple(ops)
         gray = rng.random() < self.p_gray
         sigma = rng.uniform(*self.blur_sigma) if rng.random() < self.p_blur else 0.0
+        if self.blur_reference and self.image_size != self.blur_reference:
+            sigma *= self.image_size / self.blur_reference
         flip = rng.random() < self.p_flip
         return ViewParams(box=box, flip=flip, blur_sigma=sigma, jitter=jitter, gray=gray)
 

@@ -207,7 +207,7 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int = _MAX_SIGMA_RADIUS) -> to
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur sample i with sigma[i]: a separable depthwise convolution over the batch, mirrored border."""
     n, c, h, w = x.shape
-    radius = min(_MAX_SIGMA_RADIUS, max(1, math.ceil(3.0 * float(sigma.max()))), h - 1, w - 1)
+    radius = min(max(1, math.ceil(3.0 * float(sigma.max()))), h - 1, w - 1)  # sigma scales with the crop
     k = gaussian_kernels(sigma, radius).repeat_interleave(c, 0)  # (n * c, K)
     y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
     y = F.conv2d(y, k[:, None, None, :], groups=n * c)

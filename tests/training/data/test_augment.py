@@ -79,6 +79,20 @@ def test_random_resized_crop_box_stays_inside_and_matches_torchvision():
     assert abs(ours_a[:, 1].mean() - ref_a[:, 1].mean()) < 0.02  # same aspect distribution
 
 
+def test_blur_sigma_scales_with_the_crop_size():
+    """MoCo-v2's sigma 0.1-2 is in pixels of a 224 px crop: the same draws, scaled by S / 224."""
+    draws = {}
+    for size, reference in ((224, 224), (64, 224), (64, 0), (448, 224)):
+        rng = random.Random(3)
+        draws[size, reference] = [MocoV2Augment(image_size=size, blur_reference=reference).sample(rng, 300, 300)
+                                  for _ in range(200)]  # fmt: skip
+    base = np.array([v.blur_sigma for v in draws[224, 224]])
+    assert base.max() > 1.5 and np.array_equal(base, [v.blur_sigma for v in draws[64, 0]])
+    np.testing.assert_allclose([v.blur_sigma for v in draws[64, 224]], base * 64 / 224, rtol=1e-12)
+    np.testing.assert_allclose([v.blur_sigma for v in draws[448, 224]], base * 2, rtol=1e-12)
+    assert [v.box for v in draws[64, 224]] == [v.box for v in draws[224, 224]]  # nothing else moves
+
+
 def test_sample_probabilities_ranges_and_order_permutation():
     aug = MocoV2Augment(image_size=224)
     rng = random.Random(1)
