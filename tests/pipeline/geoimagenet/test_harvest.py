@@ -223,7 +223,7 @@ def test_kill9_then_rerun_matches_an_uninterrupted_run(tmp_path, standin_factory
 
 
 def test_ctrl_c_keeps_every_answer_received(tmp_path, standin_factory) -> None:
-    photos = make_photos(40)
+    photos = make_photos(200)  # about 5 s of calls: the SIGINT lands mid-run even on a busy machine
     write_urls(tmp_path / "urls.txt", photos)
     server = standin_factory(photos, latency=0.05)
     env = {"FLICKR_API_KEY": KEY, "FLICKR_API_SECRET": SECRET}
