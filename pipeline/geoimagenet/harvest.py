@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -284,8 +285,12 @@ def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo:
     consecutive = 0
     feed_pos = 0
     outstanding = 0
+    interrupted = threading.Event()
+    previous = _catch_sigint(interrupted)
     try:
         while feed_pos < len(todo) or outstanding:
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # here, between queue calls, never inside one
             while feed_pos < len(todo) and not workers.stop.is_set():
                 i = int(todo[feed_pos])
                 try:
@@ -327,6 +332,8 @@ def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo:
         store.append(_drain(workers, buffer, counts))
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         workers.close()
         bar.close()
     if fatal is not None:
@@ -335,6 +342,21 @@ def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo:
             f"{STAGE} stopped: {creds.scrub(fatal)}; answered photos are saved, rerun to resume"
         )
     return counts, failed, workers.calls, fatal, time.monotonic() - t0
+
+
+def _catch_sigint(flag: threading.Event):
+    """Ctrl-C sets `flag` for the main loop to act on at a safe point (a KeyboardInterrupt raised inside
+    a queue call can leave the queue's lock held, and the drain that follows then waits forever); a
+    second Ctrl-C interrupts at once. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    return signal.signal(signal.SIGINT, handler)
 
 
 def _drain(workers: _Workers, buffer: list[dict], counts: Counter) -> list[dict]:
