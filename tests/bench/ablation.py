@@ -111,13 +111,12 @@ def random_backbone(out: Path, seed: int) -> str:
 
 def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespace) -> dict:
     """The upper reference: the same budget spent on the category labels (cross-entropy, SGD, cosine lr)."""
-    import math
-
     import torch
     import torch.nn.functional as F
 
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
     from geo_ssl.training.models.backbone import build_resnet
+    from geo_ssl.training.trainer.schedule import LrFactor
 
     path = out / f"supervised-s{seed}.pth"
     info = out / f"supervised-s{seed}.json"
@@ -131,16 +130,16 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
         cfg = LoaderConfig(urls=data, split="train", batch_size=args.batch_size, image_size=args.image_size,
                            num_workers=args.workers, shuffle_buffer=200, seed=seed)  # fmt: skip
         loader = pretrain_loader(cfg)
-        total, step, loss = args.epochs * len(loader), 0, float("nan")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor("cosine", args.epochs * len(loader)))
+        step, loss = 0, float("nan")
         for epoch in range(args.epochs):
             loader.set_epoch(epoch)
             for batch in loader:
-                for group in opt.param_groups:
-                    group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 out_loss = F.cross_entropy(net(batch["q"]), batch["category"])
                 opt.zero_grad(set_to_none=True)
                 out_loss.backward()
                 opt.step()
+                sched.step()
                 step, loss = step + 1, out_loss.item()
     torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, path)
     result = {"steps": step, "pretrain_s": time.time() - t0, "loss_ce": loss}

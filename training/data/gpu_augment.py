@@ -40,7 +40,7 @@ from geo_ssl.training.data.selection import seed_of
 
 _LUMA = (0.299, 0.587, 0.114)
 _OPS = ("brightness", "contrast", "saturation", "hue")
-_MAX_SIGMA_RADIUS = 6  # ceil(3 * 2.0): MoCo-v2's largest sigma
+_MAX_SIGMA_RADIUS = 6  # ceil(3 * 2.0): MoCo-v2's largest sigma at 224 px; gaussian_blur sizes to the batch's
 
 
 # ------------------------------------------------------------------------------------------- decode

@@ -102,12 +102,13 @@ def render_views(
         idx = [i for i, g in enumerate(picked.fields) if g == f]
         w, h = sizes[f]
         slots = [None if outs is None else outs[i] for i in idx]
-        plain = [None if _augments(params[i]) else slot for i, slot in zip(idx, slots, strict=True)]
+        augmented = [_augments(params[i]) for i in idx]
+        # an unaugmented view's resize writes its slot; an augmented one's last op does
+        plain = [None if aug else slot for aug, slot in zip(augmented, slots, strict=True)]
         boxes = [params[i].box for i in idx]
-        for i, slot, crop in zip(
-            idx, slots, decode_crops(picked.data[f], boxes, size, w, h, plain), strict=True
-        ):
-            crops[i] = spatial(crop, params[i], out=slot if _augments(params[i]) else None)
+        decoded = decode_crops(picked.data[f], boxes, size, w, h, plain)
+        for i, slot, aug, crop in zip(idx, slots, augmented, decoded, strict=True):
+            crops[i] = spatial(crop, params[i], out=slot if aug else None)
     return crops, params
 
 

@@ -105,7 +105,9 @@ def batch_inputs(
     """Move one loader item to the device as the model's forward arguments.
 
     uint8 images (the loader's output="uint8") are normalised on the device after the move
-    (augment.normalize_batch), into the same float32 values the float output holds. With a geo head (`n_clusters` > 0) every cluster id must be a class of the head: an id out of
+    (augment.normalize_batch), into the same float32 values the float output holds.
+
+    With a geo head (`n_clusters` > 0) every cluster id must be a class of the head: an id out of
     range stops the run naming the sample, instead of an IndexError deep in cross-entropy."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if method.family == "simclr":
