@@ -154,6 +154,7 @@ class LoaderConfig:
     read_attempts: int = 6
     epoch_unit: str = "location"  # "image": each location once per view (GASSL's epoch; epoch_unit.py)
     crop: str = "moco"  # "gassl": GASSL's +TP crop (gassl_crop.py)
+    crop_scale: float = 0.0  # smallest crop area, a fraction of the view (0 = the crop's own: 0.2 / 0.08)
     output: str = "float"  # "uint8": unnormalised 8-bit batches (module doc); decode="defer" ignores it
 
 
@@ -244,6 +245,7 @@ class _Spec:
     decode: str = "cpu"
     unit_views: list[ShardViews] | None = None  # epoch_unit "image": plan positions are views
     crop: str = "moco"
+    crop_scale: float = 0.0
     output: str = "float"
 
 
@@ -345,7 +347,7 @@ class _TrainStream(_WorkerStream):
             _shuffled(picked(first_pass, errors), spec.shuffle_buffer, rng_buf),
             picked(self._refill(block, stats), SampleErrors(LoaderStats(), strict=False)),
         )
-        aug = augment_for(spec.crop, spec.image_size)
+        aug = augment_for(spec.crop, spec.image_size, spec.crop_scale)
         for j in range(logical, spec.plan.steps, spec.n_workers):
             batch = [next(items) for _ in range(spec.batch_size)]
             if j < spec.start_step:
@@ -666,7 +668,7 @@ def _train_loader(
     shards = resolve_shards(cfg.urls, cfg.split, cfg.storage_options)
     pairs = shard_counts(shards, cfg.storage_options)
     counts = [s for s, _ in pairs]
-    augment_for(cfg.crop, cfg.image_size)  # checks the name up front
+    augment_for(cfg.crop, cfg.image_size, cfg.crop_scale)  # checks the name and scale up front
     unit_views = None
     if check_unit(cfg.epoch_unit) == "image":  # plan over views: each location once per view
         unit_views = shard_views(shards, pairs, cfg.storage_options)
@@ -692,6 +694,7 @@ def _train_loader(
         decode=cfg.decode,
         unit_views=unit_views,
         crop=cfg.crop,
+        crop_scale=cfg.crop_scale,
         output=cfg.output,
     )
     return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0)

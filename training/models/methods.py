@@ -62,10 +62,10 @@ def build_model(cfg: PretrainConfig, n_clusters: int, bn_splits: int) -> nn.Modu
 
     method = get_method(cfg.method)
     if method.family == "simclr":
-        return SimCLR(cfg.arch, dim=cfg.dim, T=cfg.temperature, bn_splits=bn_splits)
+        return SimCLR(cfg.arch, dim=cfg.dim, T=cfg.temperature, bn_splits=bn_splits, head_bn=cfg.head_bn)
     moco = MoCo(
         cfg.arch, dim=cfg.dim, K=cfg.moco_k, m=cfg.moco_m, T=cfg.temperature, mlp=cfg.mlp,
-        bn_splits=bn_splits, shuffle_bn=cfg.shuffle_bn,
+        bn_splits=bn_splits, shuffle_bn=cfg.shuffle_bn, head_bn=cfg.head_bn,
     )  # fmt: skip
     return GeoMoCo(moco, n_clusters=n_clusters if method.geo else 0, moco_weight=cfg.moco_weight,
                    geo_weight=cfg.geo_weight)  # fmt: skip
@@ -90,7 +90,7 @@ def make_loader(cfg: PretrainConfig, rank: int, world_size: int, output: str = "
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, strict=cfg.strict,
         cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit,
         epoch_samples=cfg.epoch_samples or None,
-        epoch_unit=cfg.epoch_unit, crop=cfg.crop,  # GASSL's epoch and +TP crop
+        epoch_unit=cfg.epoch_unit, crop=cfg.crop, crop_scale=cfg.crop_scale,  # GASSL's epoch and +TP crop
         # the GPU data path gets JPEG bytes; the trainer decodes + augments them on the device
         decode="defer" if resolve_data_path(cfg.data_path) == "gpu" else "cpu", output=output,
     )  # fmt: skip

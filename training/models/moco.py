@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geo_ssl.training.models.backbone import build_resnet, feature_dim
+from geo_ssl.training.models.heads import mlp_head
 from geo_ssl.training.models.shuffle_bn import (
     concat_all_gather,
     distributed_world,
@@ -37,6 +38,7 @@ class MoCo(nn.Module):
         mlp: the v2 head fc = Linear(d, d) -> ReLU -> Linear(d, dim), d = 512 or 2048 by depth.
         bn_splits: SplitBatchNorm sub-batches, for shuffle-BN in one process (1 = plain BatchNorm).
         shuffle_bn: permute the keys before the key encoder (across ranks under DDP, else locally).
+        head_bn: BatchNorm after the head's hidden Linear (SimCLR / MoCo v3; heads.py says when it helps).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class MoCo(nn.Module):
         mlp: bool = True,
         bn_splits: int = 1,
         shuffle_bn: bool = True,
+        head_bn: bool = False,
     ) -> None:
         super().__init__()
         self.K, self.m, self.T, self.dim = K, m, T, dim
@@ -56,7 +59,7 @@ class MoCo(nn.Module):
         self.encoder_q = build_resnet(arch, num_classes=dim, bn_splits=bn_splits)
         if mlp:
             d = feature_dim(self.encoder_q)
-            self.encoder_q.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(), self.encoder_q.fc)
+            self.encoder_q.fc = mlp_head(d, self.encoder_q.fc, bn=head_bn, bn_splits=bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)

@@ -111,3 +111,10 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+class SplitBatchNorm1d(SplitBatchNorm):
+    """SplitBatchNorm for (N, C) features, as in a projection head; the state_dict is BatchNorm1d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, None, None]).flatten(1)

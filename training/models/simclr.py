@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geo_ssl.training.models.backbone import build_resnet, feature_dim
+from geo_ssl.training.models.heads import mlp_head
 from geo_ssl.training.models.moco import embedding_std
 from geo_ssl.training.models.shuffle_bn import distributed_world
 
@@ -38,12 +39,19 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, T: float) -> tuple[torch.Tensor,
 class SimCLR(nn.Module):
     """ResNet + MLP projector (d -> d -> dim); forward takes views [B, N>=2, 3, S, S] and uses the first two."""
 
-    def __init__(self, arch: str = "resnet50", dim: int = 128, T: float = 0.2, bn_splits: int = 1) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        dim: int = 128,
+        T: float = 0.2,
+        bn_splits: int = 1,
+        head_bn: bool = False,
+    ) -> None:
         super().__init__()
         self.T = T
         self.encoder = build_resnet(arch, num_classes=dim, bn_splits=bn_splits)
         d = feature_dim(self.encoder)
-        self.encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(), self.encoder.fc)
+        self.encoder.fc = mlp_head(d, self.encoder.fc, bn=head_bn, bn_splits=bn_splits)
 
     @property
     def backbone(self) -> nn.Module:

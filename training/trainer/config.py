@@ -54,6 +54,9 @@ class PretrainConfig:
         "GASSL's +TP crop, scale 0.08-1 inside the view's central square (Resize+CenterCrop 448)",
         ("moco", "gassl"),
     )  # fmt: skip
+    crop_scale: float = _f(
+        0.0, "smallest crop area as a fraction of the view (0 = the crop's own: moco 0.2, gassl 0.08)"
+    )
     epoch_unit: str = _f(  # geo_ssl.training.data.epoch_unit
         "location", "what an epoch counts: location = each location once; image = each location once per "
         "view (GASSL's epoch: locations drawn by view count, about 4.8x the steps on fMoW)",
@@ -68,6 +71,9 @@ class PretrainConfig:
     arch: str = _f("resnet50", "torchvision ResNet depth", ARCH_NAMES)
     dim: int = _f(128, "projection width")
     mlp: bool = _f(True, "MoCo-v2 MLP projection head (off = MoCo-v1 linear head)")
+    head_bn: bool = _f(
+        False, "BatchNorm after the MLP head's hidden layer (SimCLR / MoCo v3; helps very short runs)"
+    )
     moco_k: int = _f(65536, "MoCo queue length K (official --moco-k)")
     moco_m: float = _f(0.999, "MoCo key-encoder momentum m (official --moco-m)")
     temperature: float = _f(0.2, "softmax temperature (MoCo-v2: 0.2; the GASSL run used 0.02)")
@@ -123,7 +129,7 @@ class PretrainConfig:
 
 #: Fields that define the run; `--resume` refuses a config that changes them.
 RUN_DEFINING = (
-    "data", "split", "image_size", "epoch_samples", "augment", "crop", "epoch_unit", "method", "arch", "dim", "mlp", "moco_k", "moco_m", "temperature",
+    "data", "split", "image_size", "epoch_samples", "augment", "crop", "crop_scale", "epoch_unit", "method", "arch", "dim", "mlp", "head_bn", "moco_k", "moco_m", "temperature",
     "n_clusters", "moco_weight", "geo_weight", "bn_splits", "shuffle_bn", "epochs", "batch_size", "lr",
     "momentum", "weight_decay", "schedule", "warmup_steps", "seed",
 )  # fmt: skip
@@ -235,6 +241,8 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             bad(f"{f.name} = {value} must be a finite number")
+    if not 0 <= cfg.crop_scale <= 1:
+        bad(f"crop_scale = {cfg.crop_scale} must be in (0, 1], or 0 for the crop's own smallest area")
     for name in ("lr", "weight_decay", "moco_weight", "geo_weight", "momentum"):
         if getattr(cfg, name) < 0:
             bad(f"{name} = {getattr(cfg, name)} must be >= 0")

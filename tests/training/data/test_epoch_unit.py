@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.training.data.epoch_unit import ShardViews, anchored_views, samples_of, shard_views
 from geo_ssl.training.data.gassl_crop import GasslTpAugment, augment_for
 from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
@@ -136,6 +137,10 @@ def test_gassl_crop_is_drawn_inside_the_central_square_at_scale_008_to_1():
     aug = augment_for("gassl", 224)
     assert isinstance(aug, GasslTpAugment) and aug.scale == (0.08, 1.0)
     assert augment_for("moco", 224).scale == (0.2, 1.0)
+    assert augment_for("moco", 64, 0.4).scale == augment_for("gassl", 64, 0.4).scale == (0.4, 1.0)
+    assert isinstance(augment_for("gassl", 64, 0.4), GasslTpAugment)
+    with pytest.raises(GeoSSLError, match="crop_scale"):
+        augment_for("moco", 64, 1.5)
     rng = random.Random(0)
     fractions = []
     for _ in range(400):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from geo_ssl.training.models.moco import GeoMoCo, MoCo, embedding_std, geo_moco_loss
-from geo_ssl.training.models.shuffle_bn import SplitBatchNorm, shuffle_local
+from geo_ssl.training.models.shuffle_bn import SplitBatchNorm, SplitBatchNorm1d, shuffle_local
 from geo_ssl.training.models.simclr import SimCLR, nt_xent
 
 
@@ -205,3 +205,37 @@ def test_nt_xent_hand_computation_and_simclr_step():
     assert math.isfinite(loss.item()) and model.encoder.conv1.weight.grad is not None
     with pytest.raises(ValueError, match="N>=2"):
         model(torch.randn(4, 1, 3, 16, 16))
+
+
+def test_head_bn_centres_the_hidden_layer_and_uses_the_backbone_splits():
+    plain, normed = tiny_moco(), tiny_moco(head_bn=True)
+    assert isinstance(normed.encoder_q.fc[1], torch.nn.BatchNorm1d) and normed.encoder_q.fc[0].bias is None
+    assert isinstance(plain.encoder_q.fc[1], torch.nn.ReLU)  # MoCo-v2's head unchanged by default
+    hidden = {}
+    normed.encoder_q.fc[1].register_forward_hook(lambda _m, _i, out: hidden.update(out=out))
+    x = images(32, seed=4) * 0.5 + 1.0
+    with torch.no_grad():
+        std_plain = float(embedding_std(F.normalize(plain.encoder_q(x), dim=1)))
+        std_normed = float(embedding_std(F.normalize(normed.encoder_q(x), dim=1)))
+    assert torch.allclose(hidden["out"].mean(0), torch.zeros(512), atol=1e-4)  # centred per feature
+    assert torch.allclose(hidden["out"].std(0, unbiased=False), torch.ones(512), atol=1e-2)
+    assert std_normed > std_plain
+    split = tiny_moco(head_bn=True, bn_splits=2, shuffle_bn=True)
+    assert isinstance(split.encoder_q.fc[1], SplitBatchNorm1d) and split.encoder_q.fc[1].num_splits == 2
+    model = GeoMoCo(split, n_clusters=3)
+    loss, _ = model(images(4), images(4, seed=2), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert split.encoder_q.fc[1].weight.grad is not None
+    head = {k: v.shape for k, v in split.encoder_q.fc.state_dict().items()}
+    assert head == {k: v.shape for k, v in normed.encoder_q.fc.state_dict().items()}  # plain BN keys
+    simclr = SimCLR("resnet18", dim=8, head_bn=True)
+    assert isinstance(simclr.encoder.fc[1], torch.nn.BatchNorm1d)
+
+
+def test_split_batchnorm1d_normalises_each_sub_batch():
+    torch.manual_seed(0)
+    x = torch.randn(8, 5) * 4 + 2
+    out = SplitBatchNorm1d(5, num_splits=2)(x)
+    for part in (out[0::2], out[1::2]):
+        assert torch.allclose(part.mean(0), torch.zeros(5), atol=1e-5)
+    assert out.shape == (8, 5)

@@ -150,6 +150,7 @@ def test_config_file_flags_and_validation(tmp_path, capsys):
         (dict(moco_m=1.0), "moco_m = 1.0 must be in"),
         (dict(data=""), "data is empty"),
         (dict(image_size=16), "too small"),
+        (dict(crop_scale=1.5), "crop_scale = 1.5 must be in"),
     ]
     for kw, message in bad:
         with pytest.raises(GeoSSLError, match=message):
@@ -175,6 +176,26 @@ def test_resume_rules(shards, tmp_path):
         pretrain(tiny(shards, tmp_path / "run", method="moco", epoch_samples=8))
     with pytest.raises(GeoSSLError, match=r"config differs.*moco_k: 16 -> 32"):
         pretrain(tiny(shards, tmp_path / "run", method="moco", epoch_samples=8, moco_k=32, resume=True))
+
+
+def test_head_bn_crop_scale_and_cpu_bf16_reach_the_run(shards, tmp_path, capsys):
+    """The short-run knobs of the toy ablation: BN in the head, a larger smallest crop, bf16 on CPU."""
+    run = tmp_path / "run"
+    pretrain(
+        tiny(shards, run, method="moco+geo", epoch_samples=8 * 2, head_bn=True, crop_scale=0.5, amp="bf16")
+    )
+    assert "cpu bfloat16," in capsys.readouterr().err  # autocast on: only an explicit bf16 turns it on on CPU
+    state = torch.load(run / LAST, weights_only=True)
+    assert "moco.encoder_q.fc.1.running_var" in state["model"]  # the head's BatchNorm
+    assert state["config"]["crop_scale"] == 0.5 and state["config"]["head_bn"] is True
+    rows = read_metrics(str(run), "train")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    with pytest.raises(GeoSSLError, match=r"config differs.*head_bn: True -> False"):
+        pretrain(
+            tiny(shards, run, method="moco+geo", epoch_samples=8 * 2, crop_scale=0.5, amp="bf16", resume=True)
+        )
+    pretrain(tiny(shards, tmp_path / "auto", method="moco", epoch_samples=8))
+    assert "cpu," in capsys.readouterr().err  # amp auto stays off on CPU
 
 
 def test_simclr_runs_on_views_loader(shards, tmp_path):
