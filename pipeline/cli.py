@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--realistic-sizes", action="store_true", help="realistic pixel and byte sizes (benchmarks)"
     )
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument(
+        "--scene", choices=("fmow", "toy"), default="fmow",
+        help="fmow (default): a ground pattern and roads per location; toy: the ablation's test, one ground "
+        "pattern per biome, no roads, 2.5x wider object strokes (shapes survive 64 px)",
+    )  # fmt: skip
     _add_executor_flags(p)
 
     p = sub.add_parser(
@@ -157,7 +162,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         summary = synth_fmow(
             args.out, locations=args.locations, seed=args.seed, val_fraction=args.val_fraction,
-            realistic_sizes=args.realistic_sizes, workers=args.workers,
+            realistic_sizes=args.realistic_sizes, workers=args.workers, scene=args.scene,
         )  # fmt: skip
         print(summary.line())
     elif cmd == "index-fmow":

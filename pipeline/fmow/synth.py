@@ -13,9 +13,10 @@ import io
 import json
 import math
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
@@ -140,6 +141,28 @@ STAMP = ".synth-fmow.json"
 GENERATOR = "geo-ssl synth-fmow 2"
 
 _TAG_CATEGORY, _TAG_SPLIT, _TAG_PLAN, _TAG_LOCATION, _TAG_OBJECT, _TAG_VIEW, _TAG_NOISE = range(1, 8)
+_TAG_REGION = 8  # the toy scene's shared ground per biome
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the ground and the drawings look like; `fmow` is the default, `toy` the ablation's test.
+
+    In the fMoW scene every location has its own ground pattern and roads. That is realistic, but at
+    64 px it makes a bad test of what SSL learns: the ground is the strongest per-location signal, so
+    instance discrimination learns it, and the thin object lines vanish when a view is shrunk to 64 px
+    (supervised ResNet-18 training for 300 steps then barely beats random features). The toy scene
+    shares one ground pattern per biome (palette and colour still vary per location), draws no roads,
+    and draws the objects with 2.5x wider strokes, so what tells locations apart is the object: its
+    category's shape, laid out per location (BENCHMARKS.md, the ablation).
+    """
+
+    terrain: str = "local"  # "regional": every location of a biome shares one ground pattern
+    roads: bool = True
+    stroke: float = 1.0  # width factor of the objects' lines and outlines
+
+
+SCENES = {"fmow": Scene(), "toy": Scene(terrain="regional", roads=False, stroke=2.5)}
 
 
 @dataclass(frozen=True)
@@ -242,9 +265,14 @@ def synth_fmow(
     realistic_sizes: bool = False,
     workers: int | None = None,
     categories: Sequence[str] | None = None,
+    scene: str = "fmow",
 ) -> Summary:
-    """Write `locations` synthetic locations under `out` as `{train,val}/{category}/{category}_{loc}/...`."""
+    """Write `locations` synthetic locations under `out` as `{train,val}/{category}/{category}_{loc}/...`.
+
+    `scene` is a name in SCENES: "fmow" (default) or "toy" (the ablation's data; see Scene)."""
     _check_args(locations, seed, val_fraction, workers)
+    if scene not in SCENES:
+        raise GeoSSLError(f"--scene {scene!r} unknown; use one of: {', '.join(SCENES)}")
     settings = {
         "generator": GENERATOR,
         "seed": seed,
@@ -253,6 +281,8 @@ def synth_fmow(
     }
     if categories is not None:  # absent for the full set, so such stamps read as before
         settings["categories"] = list(_check_categories(categories))
+    if scene != "fmow":  # likewise absent for the default scene
+        settings["scene"] = scene
     try:
         _claim(out, settings)
     except OSError as exc:
@@ -263,7 +293,7 @@ def synth_fmow(
         workers = 1  # a memory filesystem lives in one process; child processes would write to their own
     summary = Summary(stage="synth-fmow", unit="locations", inputs=locations)
     views = files = size = 0
-    tasks = [(out, plan, seed, realistic_sizes) for plan in plans]
+    tasks = [(out, plan, seed, realistic_sizes, scene) for plan in plans]
     try:
         for result in progress(_run(tasks, workers), total=locations, desc="synth-fmow", unit="loc"):
             if result.skipped:
@@ -290,7 +320,13 @@ def _claim(out: str, settings: dict) -> None:
             found = json.loads(fsio.read_bytes(stamp))
         except ValueError:
             raise GeoSSLError(f"{stamp}: unreadable; delete it only if {out} holds nothing else") from None
-        diff = [f"{k} {found.get(k)!r} there, {v!r} now" for k, v in settings.items() if found.get(k) != v]
+        # keys written only when not default (categories, scene) count as their default when absent
+        keys = sorted(set(settings) | set(found))
+        diff = [
+            f"{k} {found.get(k)!r} there, {settings.get(k)!r} now"
+            for k in keys
+            if found.get(k) != settings.get(k)
+        ]
         if diff:
             raise GeoSSLError(f"{out} was made with other settings ({'; '.join(diff)}); use a new folder")
         return
@@ -336,8 +372,8 @@ def _run(tasks: list[tuple], workers: int) -> Iterator[_Result]:
 # ------------------------------------------------------------------------------------------------ worker
 
 
-def _make_location(task: tuple[str, LocationPlan, int, bool]) -> _Result:
-    out, plan, seed, realistic = task
+def _make_location(task: tuple[str, LocationPlan, int, bool, str]) -> _Result:
+    out, plan, seed, realistic, scene = task
     folder = fsio.join(out, *relative_image_path(plan.split, plan.category, plan.loc, 0).split("/")[:3])
     names = plan.file_names()
     if set(names) <= _listing(folder):
@@ -345,9 +381,9 @@ def _make_location(task: tuple[str, LocationPlan, int, bool]) -> _Result:
     fsio.remove_stale_temps(folder)
     jsons: list[tuple[str, bytes]] = []
     total = 0
-    for spec in _view_specs(plan, seed, realistic):
+    for spec in _view_specs(plan, seed, realistic, SCENES[scene]):
         noise = _rng(seed, _TAG_NOISE, plan.index, spec.view)
-        rgb = render_view(plan.category, spec.style, spec.look, spec.frame, noise)
+        rgb = render_view(plan.category, spec.style, spec.look, spec.frame, noise, SCENES[scene].stroke)
         ms = msrgb_from_rgb(rgb, spec.ms_size, noise, spec.look.noise)
         for kind, image in (("rgb", rgb), ("msrgb", ms)):
             data = _jpeg(image)
@@ -386,10 +422,17 @@ class _ViewSpec:
     msrgb_meta: dict
 
 
-def _view_specs(plan: LocationPlan, seed: int, realistic: bool) -> Iterable[_ViewSpec]:
+def _view_specs(
+    plan: LocationPlan, seed: int, realistic: bool, scene: Scene = SCENES["fmow"]
+) -> Iterable[_ViewSpec]:
     """Sizes, geometry, acquisition and metadata of each view, all from the location's and view's seeds."""
     rng = _rng(seed, _TAG_LOCATION, plan.index)
     style = make_terrain_style(rng, plan.biome, (seed, _TAG_OBJECT, plan.index, 0))
+    if scene.terrain == "regional":
+        ground = _regional_ground(seed, plan.biome)
+        style = replace(style, lattices=ground.lattices, parcels=ground.parcels)
+    if not scene.roads:
+        style = replace(style, roads=())
     scale = CATEGORY_SCALE[plan.category]
     if realistic:
         # calibrated on the real rgb val sample: median ~150 KB, p90 ~500 KB, a tail of multi-MB scenes
@@ -427,6 +470,13 @@ def _view_specs(plan: LocationPlan, seed: int, realistic: bool) -> Iterable[_Vie
         quirk = _quirk(vr, plan.index, view)
         rgb_meta, ms_meta = _metadata(vr, plan, view, acq, frame, ms_size, object_id, quirk)
         yield _ViewSpec(view, style, look, frame, ms_size, rgb_meta, ms_meta)
+
+
+@lru_cache(maxsize=16)
+def _regional_ground(seed: int, biome: str) -> TerrainStyle:
+    """The ground pattern that every location of `biome` shares in a regional scene."""
+    rng = _rng(seed, _TAG_REGION, zlib.crc32(biome.encode()))
+    return make_terrain_style(rng, biome, (seed, _TAG_REGION, 0, 0))
 
 
 @lru_cache(maxsize=1)

@@ -160,16 +160,24 @@ def _object_frame(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def render_view(
-    category: str, style: TerrainStyle, look: Look, frame: Frame, rng: np.random.Generator
+    category: str,
+    style: TerrainStyle,
+    look: Look,
+    frame: Frame,
+    rng: np.random.Generator,
+    stroke: float = 1.0,
 ) -> Image.Image:
-    """One RGB view: terrain, roads, the category's object in its box, then the acquisition effects."""
+    """One RGB view: terrain, roads, the category's object in its box, then the acquisition effects.
+
+    `stroke` widens every line and outline of the object (the toy scene's 2.5 keeps shapes visible after
+    the view is shrunk to 64 px)."""
     image = _terrain(style, frame)
     draw = ImageDraw.Draw(image)
     _roads(draw, style, frame)
     x, y, w, h = frame.box
     scale, du, dv = style.object_frame
     inner = (round(x + du * w), round(y + dv * h), max(2, round(scale * w)), max(2, round(scale * h)))
-    pen = Pen(draw, inner, np.random.default_rng(list(style.object_seed)), style.object_colour, look)
+    pen = Pen(draw, inner, np.random.default_rng(list(style.object_seed)), style.object_colour, look, stroke)
     RECIPES[category](pen)
     return _acquire(np.asarray(image).copy(), look, rng)
 
@@ -332,8 +340,9 @@ class Pen:
     """
 
     def __init__(self, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], rng: np.random.Generator,
-                 colour: np.ndarray, look: Look) -> None:  # fmt: skip
+                 colour: np.ndarray, look: Look, stroke: float = 1.0) -> None:  # fmt: skip
         self.draw = draw
+        self.stroke = stroke
         self.x, self.y, self.w, self.h = box
         self.m = min(self.w, self.h)
         self.rng = rng
@@ -351,7 +360,8 @@ class Pen:
         return (self.x + u * self.w, self.y + v * self.h)
 
     def px(self, size: float) -> int:
-        return max(1, round(size * self.m))
+        """A line or outline width in pixels (times the scene's stroke factor)."""
+        return max(1, round(size * self.m * self.stroke))
 
     def rect(self, u0: float, v0: float, u1: float, v1: float, fill: RGB | None, outline: RGB | None = None,
              width: float = 0.02) -> None:  # fmt: skip

@@ -373,6 +373,8 @@ def test_a_subset_of_categories_for_toy_benchmarks(tmp_path: Path) -> None:
     assert {p.parent.parent.name for p in out.glob("*/*/*/*_rgb.jpg")} == set(subset)
     with pytest.raises(GeoSSLError, match="categories"):  # another subset in the same folder
         synth_fmow(str(out), locations=3, seed=2, workers=1, categories=("tower",))
+    with pytest.raises(GeoSSLError, match="categories"):  # all categories where a subset was written
+        synth_fmow(str(out), locations=3, seed=2, workers=1)
     with pytest.raises(GeoSSLError, match=r"--categories.*unknown castle"):
         plan_locations(3, categories=("tower", "castle"))
     with pytest.raises(GeoSSLError, match="--categories"):
@@ -392,3 +394,45 @@ def test_object_colour_is_any_hue_so_only_shape_names_the_category() -> None:
         r, g, b = m @ red
         hues.append(math.degrees(math.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360)
     assert np.histogram(hues, bins=6, range=(0, 360))[0].min() >= 15  # every sextant of the circle
+
+
+def test_toy_scene_shares_the_ground_per_biome_draws_no_roads_and_wider_strokes(tmp_path: Path) -> None:
+    """The ablation's scene: the object, not the ground, tells locations apart (synth.Scene says why)."""
+    from geo_ssl.pipeline.fmow.synth import SCENES, _view_specs
+    from geo_ssl.pipeline.fmow.synth_render import render_view
+
+    plans = plan_locations(40, seed=3)
+    by_biome: dict[str, list] = {}
+    for plan in plans:
+        by_biome.setdefault(plan.biome, []).append(plan)
+    a, b = next(group for group in by_biome.values() if len(group) >= 2)[:2]
+    other = next(group[0] for biome, group in by_biome.items() if biome != a.biome)
+
+    def first(plan, scene):
+        return next(iter(_view_specs(plan, 3, False, SCENES[scene])))
+
+    ta, tb, to = (first(p, "toy").style for p in (a, b, other))
+    assert all(
+        np.array_equal(x, y)
+        for x, y in zip(map(np.asarray, ta.lattices), map(np.asarray, tb.lattices), strict=True)
+    )
+    assert not np.array_equal(np.asarray(ta.lattices[0]), np.asarray(to.lattices[0]))  # per biome, not global
+    assert not np.array_equal(ta.palette, tb.palette)  # the palette still varies per location
+    assert ta.roads == () and any(first(p, "fmow").style.roads for p in plans[:20])
+    fa = first(a, "fmow").style
+    assert not np.array_equal(np.asarray(fa.lattices[0]), np.asarray(first(b, "fmow").style.lattices[0]))
+    assert np.array_equal(fa.object_colour, ta.object_colour)  # the object is the location's own
+    spec = first(a, "toy")
+    thin, wide = (
+        np.asarray(render_view("crop_field", spec.style, spec.look, spec.frame, np.random.default_rng(0), s))
+        for s in (1.0, 2.5)
+    )
+    changed = (np.abs(thin.astype(int) - wide).max(axis=2) > 16).mean()
+    assert changed > 0.02, changed  # wider lines cover more of the view
+    out = tmp_path / "toy"
+    synth_fmow(str(out), locations=2, seed=3, workers=1, scene="toy")
+    assert json.loads((out / STAMP).read_text())["scene"] == "toy"
+    with pytest.raises(GeoSSLError, match="scene"):  # the default scene in the same folder
+        synth_fmow(str(out), locations=2, seed=3, workers=1)
+    with pytest.raises(GeoSSLError, match="--scene 'cartoon' unknown"):
+        synth_fmow(str(tmp_path / "x"), locations=2, scene="cartoon")
