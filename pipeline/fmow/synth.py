@@ -152,17 +152,20 @@ class Scene:
     64 px it makes a bad test of what SSL learns: the ground is the strongest per-location signal, so
     instance discrimination learns it, and the thin object lines vanish when a view is shrunk to 64 px
     (supervised ResNet-18 training for 300 steps then barely beats random features). The toy scene
-    shares one ground pattern per biome (palette and colour still vary per location), draws no roads,
-    and draws the objects with 2.5x wider strokes, so what tells locations apart is the object: its
-    category's shape, laid out per location (BENCHMARKS.md, the ablation).
+    shares one smooth ground pattern per biome (palette and colour still vary per location), draws no
+    roads and no field parcels (their grid texture looks like the objects' own grids, and it covered
+    most locations in a first toy data set, whose MoCo features then lost to random ones), and draws
+    the objects with 2.5x wider strokes, so what tells locations apart is the object: its category's
+    shape, laid out per location (BENCHMARKS.md, the ablation).
     """
 
     terrain: str = "local"  # "regional": every location of a biome shares one ground pattern
     roads: bool = True
+    parcels: bool = True  # field parcels on some of the ground (a grid of shades)
     stroke: float = 1.0  # width factor of the objects' lines and outlines
 
 
-SCENES = {"fmow": Scene(), "toy": Scene(terrain="regional", roads=False, stroke=2.5)}
+SCENES = {"fmow": Scene(), "toy": Scene(terrain="regional", roads=False, parcels=False, stroke=2.5)}
 
 
 @dataclass(frozen=True)
@@ -433,6 +436,8 @@ def _view_specs(
         style = replace(style, lattices=ground.lattices, parcels=ground.parcels)
     if not scene.roads:
         style = replace(style, roads=())
+    if not scene.parcels:
+        style = replace(style, parcels=None)
     scale = CATEGORY_SCALE[plan.category]
     if realistic:
         # calibrated on the real rgb val sample: median ~150 KB, p90 ~500 KB, a tail of multi-MB scenes

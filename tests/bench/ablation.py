@@ -1,20 +1,23 @@
 """Ablation on synthetic fMoW built by the real pipeline: random init vs moco, +tp, +geo, +geo+tp.
 
-    python -m tests.bench.ablation --out ablation-out [--locations 400 --epochs 12 --seeds 0,1,2]
+    python -m tests.bench.ablation --out ablation-out [--steps 300 --seeds 0,1,2 --scene toy]
 
-Data: synth-fmow (by default 10 of fMoW's categories, so that each class has ~30 train locations)
--> index-fmow -> cluster -> write-shards into OUT/data (the build layout, index in OUT/data/index).
-Every method gets the same budget (epochs x steps, batch, lr, seed, ResNet-18 at --image-size) and
-the same frozen evaluation of its exported backbone on the val split's categories (every view an
-image): a linear probe on precomputed features and weighted kNN (k=20). A supervised row (category
-labels, the same network, steps, batch, lr schedule and MoCo-v2 augmentation of the query view) is the
-reference for what this budget can learn at all. About 25 minutes on 2 CPU cores with the defaults
-(ResNet-18 at 64 px, 300 steps per run, 15 runs; see BENCHMARKS.md). At 32 px even the supervised
-row stays at chance: the ImageNet stem leaves a 1x1 map, so the default is 64 px.
-Re-running skips finished steps (the data, finished runs) and continues interrupted runs. Every arm
-(random init included: a random network per seed) runs once per training seed in --seeds on the same
-data; the table gives mean ± sample std and whether each method clears random init beyond the spread.
-Writes OUT/ablation.md and OUT/ablation.json.
+Data: synth-fmow --scene toy (10 of fMoW's categories, ~32 train locations each; one ground pattern per
+biome, no roads, wider object strokes: see synth.Scene for why) -> index-fmow -> cluster -> write-shards
+into OUT/data (the build layout, index in OUT/data/index). Every method gets the same budget (steps,
+batch, lr, seed, ResNet-18 at --image-size) and the same frozen evaluation of its exported backbone on
+the val split's categories (every view an image): a linear probe on precomputed features and weighted
+kNN (k=20). A supervised row (category labels, the same network, steps, batch, lr schedule and
+augmentation of the query view) is the reference for what this budget can learn at all.
+
+The recipe is MoCo-v2's, fitted to a few hundred CPU steps at 64 px (BENCHMARKS.md has the probes behind
+each choice): BatchNorm in the projection head (--head-bn), smallest crop 0.4 of the view, key-encoder
+momentum 0.95, blur sigma scaled to the 64 px crop. About 25 minutes on 2 CPU cores with the defaults
+(300 steps per run, 15 runs). Re-running skips finished steps (the data, finished runs) and continues
+interrupted runs; data built with other settings is refused. Every arm (random init included: a random
+network per seed) runs once per training seed in --seeds on the same data; the table gives mean ± sample
+std and whether each method clears random init beyond the spread. Writes OUT/ablation.md and
+OUT/ablation.json.
 """
 
 from __future__ import annotations
@@ -51,14 +54,20 @@ TOY_CATEGORIES = ("airport", "crop_field", "golf_course", "interchange", "parkin
 
 def build_data(
     out: Path, locations: int, k: int, seed: int, categories: tuple[str, ...] | None = TOY_CATEGORIES,
-    resize: int = 64,
+    resize: int = 64, scene: str = "toy",
 ) -> str:  # fmt: skip
-    """The shard folder (reused when its manifest exists)."""
-    data = out / "data"
+    """The shard folder (reused when its manifest exists and was built with the same settings)."""
+    data, stamp = out / "data", out / "data-settings.json"
+    settings = {"locations": locations, "clusters": k, "seed": seed, "resize": resize, "scene": scene,
+                "categories": list(categories) if categories else "all"}  # fmt: skip
     if (data / "manifest.parquet").exists():
+        found = json.loads(stamp.read_text()) if stamp.exists() else None
+        if found != settings:
+            raise SystemExit(f"ablation: {data} was built with other settings ({found}); use a new --out")
         return str(data)
+    stamp.write_text(json.dumps(settings))
     root, index = out / "fmow-synth", data / "index"
-    print(synth_fmow(str(root), locations=locations, seed=seed, categories=categories).line())
+    print(synth_fmow(str(root), locations=locations, seed=seed, categories=categories, scene=scene).line())
     print(index_fmow(str(root), str(index)).line())
     print(cluster(str(index), k=k, seed=seed)["line"])
     print(
@@ -72,9 +81,11 @@ def build_data(
 def run_config(data: str, out: Path, method: str, args: argparse.Namespace) -> PretrainConfig:
     return PretrainConfig(
         data=data, out=str(out / "runs" / method.replace("+", "_")), method=method, arch="resnet18",
-        image_size=args.image_size, batch_size=args.batch_size, moco_k=args.queue, moco_m=0.99, temperature=args.temperature,
-        lr=args.lr, epochs=args.epochs, num_workers=args.workers, shuffle_buffer=200, seed=args.seed,
-        knn_every=0, log_every=5, ckpt_every=100,
+        image_size=args.image_size, batch_size=args.batch_size, moco_k=args.queue, moco_m=args.momentum,
+        temperature=args.temperature, head_bn=args.head_bn, crop_scale=args.crop_scale, amp=args.amp,
+        lr=args.lr, epochs=args.epochs, epoch_samples=args.epoch_samples, num_workers=args.workers,
+        shuffle_buffer=200, seed=args.seed,
+        knn_every=0, log_every=5, ckpt_every=100_000,
     )  # fmt: skip
 
 
@@ -128,7 +139,8 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
         net = build_resnet("resnet18", num_classes=len(CATEGORIES))
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
         cfg = LoaderConfig(urls=data, split="train", batch_size=args.batch_size, image_size=args.image_size,
-                           num_workers=args.workers, shuffle_buffer=200, seed=seed)  # fmt: skip
+                           num_workers=args.workers, shuffle_buffer=200, seed=seed, crop_scale=args.crop_scale,
+                           epoch_samples=args.epoch_samples)  # fmt: skip
         loader = pretrain_loader(cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor("cosine", args.epochs * len(loader)))
         step, loss = 0, float("nan")
@@ -161,13 +173,26 @@ def main(argv: list[str] | None = None) -> None:
         "--categories", default=",".join(TOY_CATEGORIES), help="comma-separated fMoW categories ('all' = 62)"
     )
     p.add_argument("--clusters", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--scene", default="toy", choices=("toy", "fmow"), help="synth-fmow scene (toy: see synth.Scene)"
+    )
+    p.add_argument("--steps", type=int, default=300, help="training steps per arm")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs the steps are cut into (a checkpoint ends each)"
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--resize", type=int, default=64, help="stored view size (shorter side) in the shards")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--queue", type=int, default=128, help="MoCo K; keep it well below the train locations")
     p.add_argument("--lr", type=float, default=0.06)
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument(
+        "--momentum", type=float, default=0.95, help="MoCo key-encoder momentum m (MoCo-v2: 0.999)"
+    )
+    p.add_argument("--head-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="BatchNorm in the projection head (heads.py: why short runs need it)")  # fmt: skip
+    p.add_argument("--crop-scale", type=float, default=0.4, help="smallest crop area (MoCo-v2: 0.2)")
+    p.add_argument("--amp", default="off", choices=("off", "bf16"), help="bf16 autocast (CPUs with AMX)")
     p.add_argument(
         "--workers",
         type=int,
@@ -181,13 +206,14 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated training seeds (init, order, augmentation), e.g. 0,1,2",
     )
     args = p.parse_args(argv)
+    args.epoch_samples = args.steps // args.epochs * args.batch_size
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     os.environ.setdefault("GEO_SSL_PROGRESS", "0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     categories = None if args.categories == "all" else tuple(c for c in args.categories.split(",") if c)
-    data = build_data(out, args.locations, args.clusters, args.seed, categories, args.resize)
+    data = build_data(out, args.locations, args.clusters, args.seed, categories, args.resize, args.scene)
     card = json.loads(fsio.read_bytes(os.path.join(data, "dataset.json")))
     rows = []
     for seed in seeds:
@@ -215,12 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# Ablation: frozen ResNet-18 features on synthetic fMoW (category, {len(categories or CATEGORIES)} classes)",
         "",
-        f"Data: synth-fmow {args.locations} locations ({'all' if categories is None else len(categories)} "
-        f"categories), views stored at {args.resize} px -> index -> cluster (k={args.clusters}) -> write-shards; "
-        f"train {splits['train']['samples']} locations / {splits['train']['views']} views, "
-        f"val {splits['val']['samples']} / {splits['val']['views']}.",
-        f"Pretraining: {args.epochs} epochs, batch {args.batch_size}, {args.image_size} px, K={args.queue}, m=0.99, "
-        f"T={args.temperature}, lr {args.lr} (cosine), seeds {','.join(map(str, seeds))}, CPU. Evaluation: frozen backbone, "
+        f"Data: synth-fmow --scene {args.scene}, {args.locations} locations "
+        f"({'all' if categories is None else len(categories)} categories), views stored at {args.resize} px -> "
+        f"index -> cluster (k={args.clusters}) -> write-shards; train {splits['train']['samples']} locations / "
+        f"{splits['train']['views']} views, val {splits['val']['samples']} / {splits['val']['views']}.",
+        f"Pretraining: {args.steps} steps ({args.epochs} epochs of {args.epoch_samples} samples), batch "
+        f"{args.batch_size}, {args.image_size} px, K={args.queue}, m={args.momentum}, T={args.temperature}, "
+        f"lr {args.lr} (cosine), head BN {'on' if args.head_bn else 'off'}, crop scale {args.crop_scale}-1, "
+        f"amp {args.amp}, seeds {','.join(map(str, seeds))}, CPU. Evaluation: frozen backbone, "
         "features of every view (eval transform), linear probe 30 epochs (SGD lr 1.0, cosine, wd 0) and kNN "
         "(k=20, T=0.1), train split -> val split.",
         "",

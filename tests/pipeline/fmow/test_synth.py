@@ -419,6 +419,7 @@ def test_toy_scene_shares_the_ground_per_biome_draws_no_roads_and_wider_strokes(
     assert not np.array_equal(np.asarray(ta.lattices[0]), np.asarray(to.lattices[0]))  # per biome, not global
     assert not np.array_equal(ta.palette, tb.palette)  # the palette still varies per location
     assert ta.roads == () and any(first(p, "fmow").style.roads for p in plans[:20])
+    assert ta.parcels is None and any(first(p, "fmow").style.parcels is not None for p in plans[:20])
     fa = first(a, "fmow").style
     assert not np.array_equal(np.asarray(fa.lattices[0]), np.asarray(first(b, "fmow").style.lattices[0]))
     assert np.array_equal(fa.object_colour, ta.object_colour)  # the object is the location's own
