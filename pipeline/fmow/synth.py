@@ -138,6 +138,8 @@ _QUIRK_PERIOD = 29
 #: Settings of a run, kept in OUT/STAMP: a rerun must match them (a larger `locations` may extend a set).
 #: Bump GENERATOR whenever the bytes written for the same settings change.
 STAMP = ".synth-fmow.json"
+#: Settings stamped only when not default, and what their absence means (for messages).
+_UNSTAMPED = {"categories": "all", "scene": "fmow"}
 GENERATOR = "geo-ssl synth-fmow 2"
 
 _TAG_CATEGORY, _TAG_SPLIT, _TAG_PLAN, _TAG_LOCATION, _TAG_OBJECT, _TAG_VIEW, _TAG_NOISE = range(1, 8)
@@ -326,7 +328,7 @@ def _claim(out: str, settings: dict) -> None:
         # keys written only when not default (categories, scene) count as their default when absent
         keys = sorted(set(settings) | set(found))
         diff = [
-            f"{k} {found.get(k)!r} there, {settings.get(k)!r} now"
+            f"{k} {found.get(k, _UNSTAMPED.get(k))!r} there, {settings.get(k, _UNSTAMPED.get(k))!r} now"
             for k in keys
             if found.get(k) != settings.get(k)
         ]

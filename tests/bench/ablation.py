@@ -3,7 +3,7 @@
     python -m tests.bench.ablation --out ablation-out [--steps 300 --seeds 0,1,2 --scene toy]
 
 Data: synth-fmow --scene toy (10 of fMoW's categories, ~32 train locations each; one ground pattern per
-biome, no roads, wider object strokes: see synth.Scene for why) -> index-fmow -> cluster -> write-shards
+biome, no roads or parcels, wider object strokes: see synth.Scene for why) -> index-fmow -> cluster -> write-shards
 into OUT/data (the build layout, index in OUT/data/index). Every method gets the same budget (steps,
 batch, lr, seed, ResNet-18 at --image-size) and the same frozen evaluation of its exported backbone on
 the val split's categories (every view an image): a linear probe on precomputed features and weighted
@@ -12,7 +12,7 @@ augmentation of the query view) is the reference for what this budget can learn 
 
 The recipe is MoCo-v2's, fitted to a few hundred CPU steps at 64 px (BENCHMARKS.md has the probes behind
 each choice): BatchNorm in the projection head (--head-bn), smallest crop 0.4 of the view, key-encoder
-momentum 0.95, blur sigma scaled to the 64 px crop. About 25 minutes on 2 CPU cores with the defaults
+momentum 0.95, blur sigma scaled to the 64 px crop. About 29 minutes on 2 CPU cores with the defaults
 (300 steps per run, 15 runs). Re-running skips finished steps (the data, finished runs) and continues
 interrupted runs; data built with other settings is refused. Every arm (random init included: a random
 network per seed) runs once per training seed in --seeds on the same data; the table gives mean ± sample
@@ -147,7 +147,10 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
         for epoch in range(args.epochs):
             loader.set_epoch(epoch)
             for batch in loader:
-                out_loss = F.cross_entropy(net(batch["q"]), batch["category"])
+                bf16 = args.amp == "bf16"  # autocast as the SSL arms get it
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(batch["q"])
+                out_loss = F.cross_entropy(logits.float(), batch["category"])
                 opt.zero_grad(set_to_none=True)
                 out_loss.backward()
                 opt.step()

@@ -433,7 +433,7 @@ def test_toy_scene_shares_the_ground_per_biome_draws_no_roads_and_wider_strokes(
     out = tmp_path / "toy"
     synth_fmow(str(out), locations=2, seed=3, workers=1, scene="toy")
     assert json.loads((out / STAMP).read_text())["scene"] == "toy"
-    with pytest.raises(GeoSSLError, match="scene"):  # the default scene in the same folder
+    with pytest.raises(GeoSSLError, match="scene 'toy' there, 'fmow' now"):  # the default scene, same folder
         synth_fmow(str(out), locations=2, seed=3, workers=1)
     with pytest.raises(GeoSSLError, match="--scene 'cartoon' unknown"):
         synth_fmow(str(tmp_path / "x"), locations=2, scene="cartoon")
