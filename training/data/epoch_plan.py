@@ -51,10 +51,11 @@ class EpochPlan:
             if self.remainder > 0
             else ""
         )
-        return (
-            f"{self.steps} steps per epoch x global batch {self.global_batch} = {self.used} "
-            f"of {self.samples} samples{tail}"
-        )
+        if self.used > self.samples:  # --epoch-samples above the split: several passes per epoch
+            share = f"samples, {self.used / self.samples:.3g} passes over the split's {self.samples}"
+        else:
+            share = f"of {self.samples} samples"
+        return f"{self.steps} steps per epoch x global batch {self.global_batch} = {self.used} {share}{tail}"
 
 
 def plan_epoch(counts: list[int], batch_size: int, world_size: int, epoch_samples: int | None) -> EpochPlan:

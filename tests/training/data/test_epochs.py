@@ -75,6 +75,17 @@ def test_remainder_below_one_global_batch_is_dropped_and_reported(tmp_path):
     assert all(len(d) == 5 for d in dropped) and len(set(dropped)) > 1  # a different set each epoch
 
 
+def test_epoch_longer_than_the_split_says_how_many_passes():
+    plan = plan_epoch([20, 9], batch_size=4, world_size=2, epoch_samples=60)
+    assert (plan.used, plan.steps, plan.remainder) == (56, 7, 4)
+    assert plan.describe().startswith(
+        "7 steps per epoch x global batch 8 = 56 samples, 1.93 passes over the split's 29"
+    )
+    assert (
+        plan_epoch([20, 9], 4, 2, None).describe().startswith("3 steps per epoch x global batch 8 = 24 of 29")
+    )
+
+
 def test_split_smaller_than_a_global_batch_is_refused(uneven):
     with pytest.raises(GeoSSLError, match="less than one global batch"):
         pretrain_loader(_cfg(uneven[0], batch_size=16), rank=0, world_size=2)
