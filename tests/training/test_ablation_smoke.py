@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.bench.ablation import main
+from tests.bench.ablation import cpu_has_bf16, main
 
 
 def test_ablation_runs_every_arm_and_refuses_stale_data(tmp_path, capsys):
@@ -25,6 +25,7 @@ def test_ablation_runs_every_arm_and_refuses_stale_data(tmp_path, capsys):
     ):
         assert row in table
     assert "synth-fmow --scene toy" in table and "head BN on, crop scale 0.4-1" in table
+    assert f"amp {'bf16' if cpu_has_bf16() else 'off'}," in table  # --amp auto resolved, and recorded
     rows = json.loads((out / "ablation.json").read_text())["rows"]
     assert {r["steps"] for r in rows if r["method"].startswith("moco")} == {4}
     assert all(0 <= r["knn_top1"] <= 100 and 0 <= r["linear_top1"] <= 100 for r in rows)
