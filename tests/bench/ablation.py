@@ -13,7 +13,7 @@ schedule and augmentation of the query view) is the reference for what this budg
 The recipe is MoCo-v2's, fitted to 500 CPU steps at 64 px (BENCHMARKS.md has the probes behind each
 choice): peak lr 0.015 (0.06 held every arm below random init), BatchNorm in the projection head
 (--head-bn), smallest crop 0.4 of the view, key-encoder momentum 0.95, blur sigma scaled to the 64 px
-crop, bf16 autocast where the CPU has AMX or AVX-512 BF16. About 28 minutes on 2 such CPU cores with the
+crop, bf16 autocast where the CPU has AMX or AVX-512 BF16. About 27 minutes on 2 such CPU cores with the
 defaults (15 runs). Re-running skips finished steps (the data, finished runs) and continues interrupted
 runs; data built with other settings is refused. Every arm (random init included: a random network per
 seed) runs once per training seed in --seeds on the same data; the table gives mean ± sample std and
@@ -137,7 +137,7 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_resnet("resnet18", num_classes=len(CATEGORIES))
-        bf16 = args.amp == "bf16"  # autocast and channels-last as the SSL arms get them
+        bf16 = args.amp == "bf16"  # autocast as the SSL arms get it; channels-last pays here (plain BN)
         if bf16:
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="BatchNorm in the projection head (heads.py: why short runs need it)")  # fmt: skip
     p.add_argument("--crop-scale", type=float, default=0.4, help="smallest crop area (MoCo-v2: 0.2)")
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
-                   help="bf16 autocast + channels-last; auto = bf16 on a CPU with AMX or AVX-512 BF16 (1.4x)")  # fmt: skip
+                   help="bf16 autocast; auto = bf16 on a CPU with AMX or AVX-512 BF16 (1.2x per MoCo step)")  # fmt: skip
     p.add_argument(
         "--workers",
         type=int,
