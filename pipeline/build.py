@@ -99,12 +99,16 @@ def load_build_config(
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table"}  # fmt: skip
+    shown = [t for t in types if not (t is int and float in types)]  # "a number" covers integers
+    return " or ".join(names.get(t, t.__name__) for t in shown)
 
 
-def _expect(where: str, key: str, value: object, types: tuple[type, ...]) -> None:
-    """bool is an int in Python but never a count here; 4.7 is never an integer."""
+def expect_type(where: str, key: str, value: object, types: tuple[type, ...]) -> None:
+    """A config value of one of `types`, else GeoSSLError naming WHERE and KEY.
+
+    bool is an int in Python but never a count here; 4.7 is never an integer."""
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         raise GeoSSLError(f"{where}: {key} must be {_type_name(types)}, got {value!r}")
@@ -114,15 +118,20 @@ def _check_types(data: dict, where: str) -> None:
     """Every config value's type (and the small ranges ShardOptions does not check), before any stage."""
     for key, types in (("root", (str,)), ("out", (str,)), ("k", (int,)), ("seed", (int,)), ("kind", (str,))):
         if key in data:
-            _expect(where, key, data[key], types)
+            expect_type(where, key, data[key], types)
     if data.get("kind", "rgb") not in _KINDS:
         raise GeoSSLError(f"{where}: kind must be one of {', '.join(_KINDS)}, got {data['kind']!r}")
     if "index_workers" in data:
-        _expect(where, "index_workers", data["index_workers"], (int,))
+        expect_type(where, "index_workers", data["index_workers"], (int,))
         if data["index_workers"] < 1:
             raise GeoSSLError(f"{where}: index_workers must be at least 1, got {data['index_workers']}")
     if "k" in data and data["k"] < 1:
         raise GeoSSLError(f"{where}: k must be at least 1, got {data['k']}")
+    check_shards_table(data, where)
+
+
+def check_shards_table(data: dict, where: str) -> None:
+    """The [shards] table of a build config: known keys of the right types (ShardOptions checks ranges)."""
     shards = data.get("shards", {})
     if not isinstance(shards, dict):
         raise GeoSSLError(f"{where}: shards must be a table ([shards]), got {shards!r}")
@@ -131,7 +140,7 @@ def _check_types(data: dict, where: str) -> None:
             f"{where}: unknown [shards] key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SHARD_TYPES))}"
         )
     for key, value in shards.items():
-        _expect(where, f"shards.{key}", value, _SHARD_TYPES[key])
+        expect_type(where, f"shards.{key}", value, _SHARD_TYPES[key])
     splits = shards.get("splits")
     if splits is not None and (not splits or not all(isinstance(s, str) and s.strip() for s in splits)):
         raise GeoSSLError(f"{where}: shards.splits must be a non-empty list of split names, got {splits!r}")
@@ -152,7 +161,7 @@ def _clusters_complete(index_dir: str, k: int, seed: int) -> bool:
     return stats.get("k") == k and stats.get("seed") == seed
 
 
-def _root_url(root: str) -> str:
+def root_url(root: str) -> str:
     """The root as index-fmow records it: an absolute local path, or the URL without a trailing slash."""
     _, path = fsio.get_fs(root)
     return os.path.abspath(path) if fsio.is_local(root) else str(root).rstrip("/")
@@ -177,7 +186,7 @@ def _recorded_inputs(config: BuildConfig) -> dict | None:
 
 def _check_same_inputs(config: BuildConfig, rebuild: bool) -> None:
     """A build folder made from another root (or image kind) is never reused silently."""
-    mine = {"root": _root_url(config.root), "kind": config.kind}
+    mine = {"root": root_url(config.root), "kind": config.kind}
     theirs = _recorded_inputs(config)
     if theirs is None:
         return
@@ -190,11 +199,11 @@ def _check_same_inputs(config: BuildConfig, rebuild: bool) -> None:
             f"{config.out} holds a build of {what}, not {', '.join(f'{k} {mine[k]}' for k in differs)};"
             " use another --out, or pass --rebuild to replace that build"
         )
-    removed = _clear_build(config.out)
+    removed = clear_build(config.out)
     print(f"build: --rebuild: removed the build of {what} from {config.out} ({removed} entries)")
 
 
-def _clear_build(out: str) -> int:
+def clear_build(out: str) -> int:
     """Remove the outputs a build writes (and nothing else) from OUT; return how many entries went."""
     from geo_ssl.pipeline.shards.manifest import DATASET_CARD, DONE_DIR, MANIFEST, REJECTS
 
@@ -227,7 +236,7 @@ def build(config: BuildConfig, rebuild: bool = False) -> dict:
         _check_same_inputs(config, rebuild)
         fsio.atomic_write_text(
             fsio.join(config.out, BUILD_RECORD),
-            json.dumps({"root": _root_url(config.root), "kind": config.kind}) + "\n",
+            json.dumps({"root": root_url(config.root), "kind": config.kind}) + "\n",
         )
         return _build(config)
 

@@ -2,6 +2,9 @@
 
 Every stage is resumable on its own (the harvest never asks an answered photo again, cluster and
 write-shards skip finished work), so rerunning the same command after a crash continues where it stopped.
+The settings that shape the data set are recorded in OUT/build.json before any stage writes; a rerun with
+other settings is refused up front, or with --rebuild the old build is removed first (the harvest,
+Flickr's answers, is kept: it does not depend on the settings).
 Config: the same TOML as the fMoW build, with `source = "geoimagenet"` and the keys below.
 """
 
@@ -11,13 +14,21 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 
+from geo_ssl.pipeline.build import BUILD_RECORD, check_shards_table, clear_build, expect_type, root_url
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.geoimagenet.harvest import HarvestOptions
 from geo_ssl.pipeline.shards.options import ShardOptions
 
-KEYS = {"source", "root", "out", "k", "seed", "urls", "yfcc", "words", "credentials", "api_url", "rate_limit",
-        "concurrency", "val_fraction", "shards"}  # fmt: skip
+#: Type of every top-level config key ([shards] as in the fMoW build); ranges are checked after merging.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "source": (str,), "root": (str,), "out": (str,), "k": (int,), "seed": (int,), "urls": (str,),
+    "yfcc": (str,), "words": (str,), "credentials": (str,), "api_url": (str,), "rate_limit": (int, float),
+    "concurrency": (int,), "val_fraction": (int, float), "shards": (dict,),
+}  # fmt: skip
+KEYS = set(_TYPES)
 
 
 @dataclass
@@ -49,10 +60,17 @@ def read_config(path: str | None) -> dict:
 
 
 def load_config(path: str | None, flags: dict, shard: dict | None = None) -> GeoImageNetBuild:
-    """Merge the TOML config with flags (flags win); errors name the file and key."""
+    """Merge the TOML config with flags (flags win) and check every value before any stage runs;
+    errors name the file (or "flags") and key."""
+    from geo_ssl.pipeline.geoimagenet.index import check_val_fraction
+
     data = read_config(path)
+    where = path or "flags"
     if unknown := sorted(set(data) - KEYS):
         raise GeoSSLError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")
+    for key, value in data.items():
+        expect_type(where, key, value, _TYPES[key])
+    check_shards_table(data, where)
     merged = {**data, **{k: v for k, v in flags.items() if v is not None}}
     for need in ("root", "urls"):
         if not merged.get(need):
@@ -60,25 +78,108 @@ def load_config(path: str | None, flags: dict, shard: dict | None = None) -> Geo
                 f"GeoImageNet build: no {need} given: pass --{need} or set {need} in the config file"
             )
     shard = dict(shard or {})
-    seed = int(shard.pop("seed", None) if shard.get("seed") is not None else merged.get("seed", 0))
+    seed_flag = shard.pop("seed", None)
+    seed = seed_flag if seed_flag is not None else data.get("seed", 0)
+    check_seed(seed, "--seed" if seed_flag is not None else f"{where}: seed")
+    k = merged.get("k", 100)
+    if k < 1:
+        raise GeoSSLError(f"{where}: k must be at least 1, got {k}")
+    val_fraction = check_val_fraction(float(merged.get("val_fraction", 0.2)), f"{where}: val_fraction")
     try:
         options = ShardOptions(**{**data.get("shards", {}), **shard, "seed": seed})
+        hv = HarvestOptions()
+        for name in ("api_url", "rate_limit", "concurrency"):
+            if merged.get(name) is not None:
+                setattr(hv, name, type(getattr(hv, name))(merged[name]))
+        hv.check()
     except TypeError as exc:
-        raise GeoSSLError(f"{path or 'flags'}: bad [shards] option ({exc})") from None
-    hv = HarvestOptions()
-    for name in ("api_url", "rate_limit", "concurrency"):
-        if merged.get(name) is not None:
-            setattr(hv, name, type(getattr(hv, name))(merged[name]))
+        raise GeoSSLError(f"{where}: bad [shards] option ({exc})") from None
+    except GeoSSLError as exc:
+        raise GeoSSLError(f"{where}: {exc}") from None
     return GeoImageNetBuild(
-        root=str(merged["root"]), urls=str(merged["urls"]), out=str(merged.get("out", "shards")),
-        k=int(merged.get("k", 100)), seed=seed, yfcc=merged.get("yfcc"), words=merged.get("words"),
-        credentials=merged.get("credentials"), val_fraction=float(merged.get("val_fraction", 0.2)),
-        harvest=hv, shards=options,
+        root=str(merged["root"]), urls=str(merged["urls"]), out=str(merged.get("out", "shards")), k=k,
+        seed=seed, yfcc=merged.get("yfcc"), words=merged.get("words"), credentials=merged.get("credentials"),
+        val_fraction=val_fraction, harvest=hv, shards=options,
     )  # fmt: skip
 
 
-def build_geoimagenet(cfg: GeoImageNetBuild) -> dict:
-    """Run the chain; prints one reconciling line per stage and returns their summaries."""
+def settings(cfg: GeoImageNetBuild) -> dict:
+    """What shapes the data set, as OUT/build.json records it (the harvest options and the YFCC dump only
+    change how coordinates are fetched, so they are left out: the harvest folder is reused as it is)."""
+    return {
+        "source": "geoimagenet", "root": root_url(cfg.root), "urls": root_url(cfg.urls),
+        "words": root_url(cfg.words) if cfg.words else None, "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed, "k": cfg.k,
+        "shards": {k: v for k, v in cfg.shards.as_dict().items() if k != "seed"},  # the seed is above
+    }  # fmt: skip
+
+
+def _recorded(out: str) -> dict | None:
+    """The settings OUT was built with: build.json (an fMoW build's has no source), else (older builds)
+    the root its index summary names; None for a new folder."""
+    for url in (fsio.join(out, BUILD_RECORD), fsio.join(out, "index", "index_summary.json")):
+        if not fsio.exists(url):
+            continue
+        try:
+            data = json.loads(fsio.read_bytes(url))
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        if url.endswith(BUILD_RECORD):
+            return {"source": "fmow", **data}
+        if data.get("root"):
+            source = "geoimagenet" if data.get("stage") == "index-imagenet" else "fmow"
+            return {"source": source, "root": root_url(str(data["root"]))}
+    return None
+
+
+def _differences(theirs: dict, mine: dict) -> list[str]:
+    """'key recorded, not wanted' for every recorded setting that differs ([shards] keys one by one)."""
+    if theirs.get("source") != mine["source"]:
+        return [f"source {theirs.get('source')} (root {theirs.get('root')}), not {mine['source']}"]
+    out = []
+    for key, value in mine.items():
+        if key not in theirs or theirs[key] == value:
+            continue
+        if key == "shards" and isinstance(theirs[key], dict):
+            out += [f"shards.{k} {theirs[key].get(k)!r}, not {v!r}" for k, v in value.items()
+                    if theirs[key].get(k) != v]  # fmt: skip
+        else:
+            out.append(f"{key} {theirs[key]}, not {value}")
+    return out
+
+
+def check_same_settings(cfg: GeoImageNetBuild, rebuild: bool) -> None:
+    """A build folder made with other settings is refused before any stage writes (its shards would sit
+    beside an index of the new settings), or cleared first when `rebuild`; then the settings are recorded."""
+    mine = settings(cfg)
+    theirs = _recorded(cfg.out)
+    differs = _differences(theirs, mine) if theirs is not None else []
+    if differs and not rebuild:
+        raise GeoSSLError(
+            f"{cfg.out} holds a build with other settings ({'; '.join(differs)}); use another --out, or pass"
+            " --rebuild to replace that build"
+        )
+    if differs:
+        removed = clear_build(cfg.out)
+        print(
+            f"build: --rebuild: removed the build with other settings ({'; '.join(differs)}) from {cfg.out}"
+            f" ({removed} entries); the harvest (Flickr's answers) is kept"
+        )
+    fsio.atomic_write_text(fsio.join(cfg.out, BUILD_RECORD), json.dumps(mine, sort_keys=True) + "\n")
+
+
+def build_geoimagenet(cfg: GeoImageNetBuild, rebuild: bool = False) -> dict:
+    """Run the chain into OUT (locked for the run); prints one reconciling line per stage and returns
+    their summaries. OUT holding a build with other settings is refused, or replaced when `rebuild`."""
+    fsio.check_output_dir(cfg.out, "--out")
+    with output_lock(cfg.out, "build"):
+        check_same_settings(cfg, rebuild)
+        return _build(cfg)
+
+
+def _build(cfg: GeoImageNetBuild) -> dict:
     from geo_ssl.pipeline.cluster import cluster
     from geo_ssl.pipeline.geoimagenet.harvest import harvest_flickr, status_line
     from geo_ssl.pipeline.geoimagenet.index import index_imagenet

@@ -43,6 +43,13 @@ def _split(key: str, seed: int, val_fraction: float) -> str:
     return "val" if (zlib.crc32(f"{seed}:{key}".encode()) % 10_000) < val_fraction * 10_000 else "train"
 
 
+def check_val_fraction(value: float, name: str = "--val-fraction") -> float:
+    """The share of images held out: in [0, 1) (1 would leave nothing to train on; NaN is refused)."""
+    if not 0 <= value < 1:
+        raise GeoSSLError(f"{name} must be in [0, 1) (got {value})")
+    return value
+
+
 def _check_image(fs, path: str) -> tuple[str | None, str, tuple[int, int], int]:
     """(reject reason or None, detail, (w, h), bytes) from the file's head and tail."""
     with fs.open(path, "rb") as f:
@@ -79,8 +86,7 @@ def index_imagenet(
     for name in (ENTRIES, FINAL):
         if not fsio.exists(fsio.join(harvest, name)):
             raise GeoSSLError(f"--harvest {harvest}: no {name} (run harvest-flickr first)")
-    if not 0 <= val_fraction < 1:
-        raise GeoSSLError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
+    check_val_fraction(val_fraction)
     names = read_words(words)
     files = _list_tree(root)
     fs, _ = fsio.get_fs(root)

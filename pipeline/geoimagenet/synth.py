@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.checks import check_seed
+from geo_ssl.pipeline.common.errors import GeoSSLError
 
 #: The first ILSVRC-2012 classes (wnid, name); enough for small synthetic sets.
 BUILTIN_CLASSES = [
@@ -92,9 +94,10 @@ def synth_imagenet(
 ) -> dict:
     """Write the synthetic world under OUT; returns paths and counts (and a one-line summary)."""
     if not 1 <= classes <= len(BUILTIN_CLASSES):
-        from geo_ssl.pipeline.common.errors import GeoSSLError
-
         raise GeoSSLError(f"--classes must be between 1 and {len(BUILTIN_CLASSES)}")
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise GeoSSLError(f"--images-per-class must be an integer of at least 1, got {per_class!r}")
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     names = read_words(words)
     chosen = [(w, names.get(w, n)) for w, n in BUILTIN_CLASSES[:classes]]

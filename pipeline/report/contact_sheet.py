@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont
 
 from geo_ssl.pipeline.common import fsio, tables
+from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.report.common import cluster_colors, text_color
 from geo_ssl.pipeline.shards.sample_index import SAMPLE_INDEX, read_sample
 
@@ -125,19 +126,38 @@ def _from_shards(out: str, index_rows: pa.Table | None, n: int, seed: int) -> li
     for key in picked:
         views = []
         for row in sorted(by_loc[key], key=lambda r: r["view_index"] or 0):
-            members = read_sample(out, row)
-            meta = json.loads(members["json"])
-            for v in meta["views"] if "views" in meta else [{**meta, "field": "jpg"}]:
-                views.append({
-                    "timestamp": v["timestamp"], "view_id": v["view_id"], "box": v["orig_box"],
-                    "crop": v["crop"], "stored": members[v["field"]], "stored_box": v["box"],
-                    "path": images.get((key, v["view_id"])),
-                })  # fmt: skip
+            views += _stored_views(out, row, images)
         first = by_loc[key][0]
         locations.append(
             {k: first[k] for k in ("location_key", "category", "cluster", "lat", "lon")} | {"views": views}
         )
     return locations
+
+
+def _stored_views(out: str, row: dict, images: dict) -> list[dict]:
+    """The views of one sample-index row, read from its shard; a row whose bytes are not that sample
+    (the index is stale: another build's, or the shards were rewritten since) is a one-line GeoSSLError."""
+    why = "the bytes at its recorded offset are not that sample"
+    try:
+        members = read_sample(out, row)
+        meta = json.loads(members["json"])
+        if isinstance(meta, dict) and meta.get("key") == row["key"]:
+            return [
+                {
+                    "timestamp": v["timestamp"], "view_id": v["view_id"], "box": v["orig_box"],
+                    "crop": v["crop"], "stored": members[v["field"]], "stored_box": v["box"],
+                    "path": images.get((row["location_key"], v["view_id"])),
+                }
+                for v in (meta["views"] if "views" in meta else [{**meta, "field": "jpg"}])
+            ]  # fmt: skip
+    except FileNotFoundError:
+        why = "no such shard"
+    except (KeyError, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
+        pass
+    raise GeoSSLError(
+        f"{fsio.join(out, SAMPLE_INDEX)}: does not match the shards ({row['shard']}, {row['key']}: {why}); it is"
+        f" stale: rerun write-shards into {out} to rewrite it, or delete it to sample the image index"
+    )
 
 
 def _from_index(index_rows: pa.Table, clusters: dict, n: int, seed: int) -> list[dict]:

@@ -26,7 +26,9 @@ from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
 from geo_ssl.pipeline.common.tables import read_table
 from geo_ssl.pipeline.fmow.layout import CATEGORIES
+from geo_ssl.pipeline.shards.card import card_problems
 from geo_ssl.pipeline.shards.manifest import DATASET_CARD, MANIFEST
+from geo_ssl.pipeline.shards.options import LAYOUTS
 from geo_ssl.pipeline.shards.sample_format import check_sample, check_view_sample
 from geo_ssl.pipeline.shards.sample_index import SAMPLE_INDEX
 
@@ -225,9 +227,12 @@ def validate(out: str, workers: int | None = None) -> ValidationReport:
     report = ValidationReport(out=out, shards=len(rows))
     owner: dict[str, str] = {}
     workers = workers or os.cpu_count() or 1
-    layout = _layout(out)
+    loaded, report.problems = _read_card(out)  # first: a bad card makes the label checks below moot
+    card = loaded if isinstance(loaded, dict) else {}
+    layout = card["layout"] if card.get("layout") in LAYOUTS else "locations"
+    sound = not report.problems or loaded == {}  # a missing card: the fMoW defaults, as for old builds
     index = _read_sample_index(out)
-    checks = _check_all(out, rows, workers, layout, _expectations(out))
+    checks = _check_all(out, rows, workers, layout, _expectations(card if sound else None))
     for check in progress(checks, total=len(rows), desc="validate", unit="shard"):
         if index is not None:
             report.problems += _index_mismatch(check, index.pop(check.shard, {}))
@@ -244,21 +249,28 @@ def validate(out: str, workers: int | None = None) -> ValidationReport:
             (SAMPLE_INDEX, f"lists {shard}, which the manifest does not") for shard in sorted(index)
         ]
     report.problems += _unlisted(out, {r["shard"] for r in rows})
-    report.problems += _card_mismatch(out, rows)
+    report.problems += _card_mismatch(card if sound else {}, rows)
     return report
 
 
-def _expectations(out: str) -> dict:
-    """What labels may hold, from the dataset card: k (cluster ids are 0..k-1) and the category names by
-    id (the card's list when it has one, else the 62 fMoW names). Missing parts are not checked."""
-    card: dict = {}
+def _read_card(out: str) -> tuple[object, list[tuple[str, str]]]:
+    """OUT's dataset card as loaded ({} when missing, None when not JSON) and what is wrong with it."""
     url = fsio.join(out, DATASET_CARD)
-    if fsio.exists(url):
-        try:
-            loaded = json.loads(fsio.read_bytes(url))
-            card = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            card = {}
+    if not fsio.exists(url):
+        return {}, [(DATASET_CARD, "missing")]
+    try:
+        loaded = json.loads(fsio.read_bytes(url))
+    except ValueError as exc:
+        return None, [(DATASET_CARD, f"unreadable ({exc})")]
+    return loaded, [(DATASET_CARD, p) for p in card_problems(loaded)]
+
+
+def _expectations(card: dict | None) -> dict:
+    """What labels may hold, from a sound dataset card: k (cluster ids are 0..k-1) and the category names
+    by id (the card's list when it has one, else the 62 fMoW names). Without a sound card, labels are
+    only checked for negative cluster ids (a bad card's k or names would make every sample look wrong)."""
+    if card is None:
+        return {"k": None, "categories": {}}
     k = card.get("k")
     if not isinstance(k, int) or isinstance(k, bool):
         k = (card.get("geo_clusters") or {}).get("k") if isinstance(card.get("geo_clusters"), dict) else None
@@ -297,15 +309,11 @@ def _unlisted(out: str, listed: set[str]) -> list[tuple[str, str]]:
     return [(name, "tar file on disk is not in the manifest") for name in found if name not in listed]
 
 
-def _card_mismatch(out: str, rows: list[dict]) -> list[tuple[str, str]]:
-    """The dataset card's per-split counts must agree with the manifest."""
-    url = fsio.join(out, DATASET_CARD)
-    if not fsio.exists(url):
-        return [(DATASET_CARD, "missing")]
-    try:
-        splits = json.loads(fsio.read_bytes(url))["splits"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return [(DATASET_CARD, f"unreadable ({exc})")]
+def _card_mismatch(card: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    """A sound dataset card's per-split counts must agree with the manifest ({}: nothing to compare)."""
+    if not card:
+        return []  # missing or unsound: already reported
+    splits = card["splits"]
     problems = []
     for split in sorted({r["split"] for r in rows} | set(splits)):
         mine = [r for r in rows if r["split"] == split]
@@ -318,14 +326,6 @@ def _card_mismatch(out: str, rows: list[dict]) -> list[tuple[str, str]]:
         if have != card:
             problems.append((DATASET_CARD, f"{split}: manifest has {have}, card says {card}"))
     return problems
-
-
-def _layout(out: str) -> str:
-    """The sample layout the dataset card declares ("locations" when the card or the key is absent)."""
-    try:
-        return json.loads(fsio.read_bytes(fsio.join(out, DATASET_CARD))).get("layout") or "locations"
-    except (OSError, ValueError, AttributeError):
-        return "locations"
 
 
 def _read_sample_index(out: str) -> dict[str, dict[str, list]] | None:
