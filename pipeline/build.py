@@ -24,7 +24,7 @@ _SHARD_TYPES: dict[str, tuple[type, ...]] = {
     "resize": (int,), "context": (str, int, float), "quality": (int,), "shard_bytes": (int, str),
     "workers": (int,), "upscale": (bool,), "dct": (bool,), "splits": (list,), "layout": (str,),
 }  # fmt: skip
-#: What a build folder records about its inputs; another root or kind in the same --out is refused.
+#: The settings a build folder was made with; a rerun into the same --out with others is refused.
 BUILD_RECORD = "build.json"
 
 
@@ -167,40 +167,104 @@ def root_url(root: str) -> str:
     return os.path.abspath(path) if fsio.is_local(root) else str(root).rstrip("/")
 
 
-def _recorded_inputs(config: BuildConfig) -> dict | None:
-    """What OUT was built from: build.json, else (older builds) the index summary or the parts' source."""
-    for url, keys in (
-        (fsio.join(config.out, BUILD_RECORD), ("root", "kind")),
-        (fsio.join(config.index_dir, "index_summary.json"), ("root", "kind")),
-        (fsio.join(config.index_dir, "_parts", "source.json"), ("root",)),
-    ):
-        if fsio.exists(url):
-            try:
-                data = json.loads(fsio.read_bytes(url))
-            except ValueError:
-                continue
-            if isinstance(data, dict) and data.get("root"):
-                return {k: data.get(k) for k in keys}
-    return None
+def settings(config: BuildConfig) -> dict:
+    """What shapes the data set, as OUT/build.json records it (worker counts do not)."""
+    return {"source": "fmow", "root": root_url(config.root), "kind": config.kind, "k": config.k,
+            "seed": config.seed, "shards": shard_settings(config.shards)}  # fmt: skip
 
 
-def _check_same_inputs(config: BuildConfig, rebuild: bool) -> None:
-    """A build folder made from another root (or image kind) is never reused silently."""
-    mine = {"root": root_url(config.root), "kind": config.kind}
-    theirs = _recorded_inputs(config)
-    if theirs is None:
-        return
-    differs = [k for k in theirs if theirs[k] is not None and theirs[k] != mine[k]]
-    if not differs:
-        return
-    what = ", ".join(f"{k} {theirs[k]}" for k in differs)
-    if not rebuild:
+def shard_settings(options: ShardOptions) -> dict:
+    """The write-shards options that shape the bytes written; the seed is recorded beside k."""
+    return {k: v for k, v in options.as_dict().items() if k != "seed"}
+
+
+def _read_json(url: str) -> object:
+    try:
+        return json.loads(fsio.read_bytes(url)) if fsio.exists(url) else None
+    except ValueError:
+        return None
+
+
+def recorded_settings(out: str) -> dict | None:
+    """The settings OUT was built with: build.json (one without a source is an fMoW build's), else (older
+    builds) what its index names; None for a new folder. Keys an older record lacks are taken from the
+    folder's cluster stats and dataset card, so a rerun with another k or shard option is still caught."""
+    from geo_ssl.pipeline.fmow.index import PARTS_DIR, SOURCE_FILE
+    from geo_ssl.pipeline.geoimagenet.index import STAGE as IMAGENET_INDEX
+
+    index = fsio.join(out, "index")
+    record = None
+    for url in (fsio.join(out, BUILD_RECORD), fsio.join(index, "index_summary.json"),
+                fsio.join(index, PARTS_DIR, SOURCE_FILE)):  # fmt: skip
+        data = _read_json(url)
+        if not isinstance(data, dict):
+            continue
+        if url.endswith(BUILD_RECORD):
+            record = {"source": "fmow", **data}
+        elif data.get("root"):
+            source = "geoimagenet" if data.get("stage") == IMAGENET_INDEX else "fmow"
+            record = {"source": source, "root": root_url(str(data["root"]))}
+            record.update({"kind": data["kind"]} if data.get("kind") else {})
+        if record is not None:
+            break
+    if record is None or {"k", "seed", "shards"} <= set(record):
+        return record
+    return {**_settings_found(out), **record}
+
+
+def _settings_found(out: str) -> dict:
+    """k, seed and shard options as OUT's cluster stats and dataset card hold them (for older records)."""
+    from geo_ssl.pipeline.shards.manifest import DATASET_CARD
+
+    found: dict = {}
+    card = _read_json(fsio.join(out, DATASET_CARD))
+    params = card.get("parameters") if isinstance(card, dict) else None
+    if isinstance(params, dict):
+        found["shards"] = {k: v for k, v in params.items() if k not in ("seed", "workers")}
+        found.update({"seed": params["seed"]} if "seed" in params else {})
+    stats = _read_json(fsio.join(out, "index", "cluster_stats.json"))
+    if isinstance(stats, dict):
+        found.update({k: stats[k] for k in ("k", "seed") if k in stats})
+    return found
+
+
+def _show(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def setting_differences(theirs: dict, mine: dict) -> list[str]:
+    """'key recorded, not key wanted' for every recorded setting that differs ([shards] keys one by one);
+    a setting the record does not hold is not compared."""
+    if theirs.get("source") != mine["source"]:
+        return [f"source {theirs.get('source')} (root {theirs.get('root')}), not source {mine['source']}"]
+    out = []
+    for key, value in mine.items():
+        old = theirs.get(key)
+        if key not in theirs or old == value:
+            continue
+        if key == "shards" and isinstance(old, dict) and isinstance(value, dict):
+            out += [f"shards.{k} {_show(old[k])}, not shards.{k} {_show(v)}" for k, v in value.items()
+                    if k in old and old[k] != v]  # fmt: skip
+        else:
+            out.append(f"{key} {_show(old)}, not {key} {_show(value)}")
+    return out
+
+
+def check_same_settings(out: str, mine: dict, rebuild: bool, kept: str = "") -> None:
+    """Refuse, before any stage writes, a build folder made with other settings (its shards would sit
+    beside an index of the new ones), or clear it first when `rebuild`; then record `mine` in build.json.
+    `kept` tells what --rebuild leaves in place. Shared by the fMoW and GeoImageNet builds."""
+    theirs = recorded_settings(out)
+    differs = setting_differences(theirs, mine) if theirs is not None else []
+    what = " and ".join(differs)
+    if differs and not rebuild:
         raise GeoSSLError(
-            f"{config.out} holds a build of {what}, not {', '.join(f'{k} {mine[k]}' for k in differs)};"
-            " use another --out, or pass --rebuild to replace that build"
+            f"{out} holds a build of {what}; use another --out, or pass --rebuild to replace that build"
         )
-    removed = clear_build(config.out)
-    print(f"build: --rebuild: removed the build of {what} from {config.out} ({removed} entries)")
+    if differs:
+        removed = clear_build(out)
+        print(f"build: --rebuild: removed the build of {what} from {out} ({removed} entries){kept}")
+    fsio.atomic_write_text(fsio.join(out, BUILD_RECORD), json.dumps(mine, sort_keys=True) + "\n")
 
 
 def clear_build(out: str) -> int:
@@ -228,16 +292,13 @@ def clear_build(out: str) -> int:
 
 
 def build(config: BuildConfig, rebuild: bool = False) -> dict:
-    """Index, cluster and write shards into OUT (locked for the run); resumes a build of the same inputs.
+    """Index, cluster and write shards into OUT (locked for the run); resumes a build of the same settings.
 
-    A build folder holding a build of another root is refused (GeoSSLError), or replaced when `rebuild`."""
+    A build folder holding a build of other settings (root, kind, k, seed, shard options) is refused
+    (GeoSSLError) before any stage writes, or replaced when `rebuild`."""
     fsio.check_output_dir(config.out, "--out")
     with output_lock(config.out, "build"):
-        _check_same_inputs(config, rebuild)
-        fsio.atomic_write_text(
-            fsio.join(config.out, BUILD_RECORD),
-            json.dumps({"root": root_url(config.root), "kind": config.kind}) + "\n",
-        )
+        check_same_settings(config.out, settings(config), rebuild)
         return _build(config)
 
 

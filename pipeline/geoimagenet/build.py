@@ -14,7 +14,13 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 
-from geo_ssl.pipeline.build import BUILD_RECORD, check_shards_table, clear_build, expect_type, root_url
+from geo_ssl.pipeline.build import (
+    check_same_settings,
+    check_shards_table,
+    expect_type,
+    root_url,
+    shard_settings,
+)
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
@@ -110,64 +116,8 @@ def settings(cfg: GeoImageNetBuild) -> dict:
         "source": "geoimagenet", "root": root_url(cfg.root), "urls": root_url(cfg.urls),
         "words": root_url(cfg.words) if cfg.words else None, "val_fraction": cfg.val_fraction,
         "seed": cfg.seed, "k": cfg.k,
-        "shards": {k: v for k, v in cfg.shards.as_dict().items() if k != "seed"},  # the seed is above
+        "shards": shard_settings(cfg.shards),
     }  # fmt: skip
-
-
-def _recorded(out: str) -> dict | None:
-    """The settings OUT was built with: build.json (an fMoW build's has no source), else (older builds)
-    the root its index summary names; None for a new folder."""
-    for url in (fsio.join(out, BUILD_RECORD), fsio.join(out, "index", "index_summary.json")):
-        if not fsio.exists(url):
-            continue
-        try:
-            data = json.loads(fsio.read_bytes(url))
-        except ValueError:
-            continue
-        if not isinstance(data, dict):
-            continue
-        if url.endswith(BUILD_RECORD):
-            return {"source": "fmow", **data}
-        if data.get("root"):
-            source = "geoimagenet" if data.get("stage") == "index-imagenet" else "fmow"
-            return {"source": source, "root": root_url(str(data["root"]))}
-    return None
-
-
-def _differences(theirs: dict, mine: dict) -> list[str]:
-    """'key recorded, not wanted' for every recorded setting that differs ([shards] keys one by one)."""
-    if theirs.get("source") != mine["source"]:
-        return [f"source {theirs.get('source')} (root {theirs.get('root')}), not {mine['source']}"]
-    out = []
-    for key, value in mine.items():
-        if key not in theirs or theirs[key] == value:
-            continue
-        if key == "shards" and isinstance(theirs[key], dict):
-            out += [f"shards.{k} {theirs[key].get(k)!r}, not {v!r}" for k, v in value.items()
-                    if theirs[key].get(k) != v]  # fmt: skip
-        else:
-            out.append(f"{key} {theirs[key]}, not {value}")
-    return out
-
-
-def check_same_settings(cfg: GeoImageNetBuild, rebuild: bool) -> None:
-    """A build folder made with other settings is refused before any stage writes (its shards would sit
-    beside an index of the new settings), or cleared first when `rebuild`; then the settings are recorded."""
-    mine = settings(cfg)
-    theirs = _recorded(cfg.out)
-    differs = _differences(theirs, mine) if theirs is not None else []
-    if differs and not rebuild:
-        raise GeoSSLError(
-            f"{cfg.out} holds a build with other settings ({'; '.join(differs)}); use another --out, or pass"
-            " --rebuild to replace that build"
-        )
-    if differs:
-        removed = clear_build(cfg.out)
-        print(
-            f"build: --rebuild: removed the build with other settings ({'; '.join(differs)}) from {cfg.out}"
-            f" ({removed} entries); the harvest (Flickr's answers) is kept"
-        )
-    fsio.atomic_write_text(fsio.join(cfg.out, BUILD_RECORD), json.dumps(mine, sort_keys=True) + "\n")
 
 
 def build_geoimagenet(cfg: GeoImageNetBuild, rebuild: bool = False) -> dict:
@@ -175,7 +125,7 @@ def build_geoimagenet(cfg: GeoImageNetBuild, rebuild: bool = False) -> dict:
     their summaries. OUT holding a build with other settings is refused, or replaced when `rebuild`."""
     fsio.check_output_dir(cfg.out, "--out")
     with output_lock(cfg.out, "build"):
-        check_same_settings(cfg, rebuild)
+        check_same_settings(cfg.out, settings(cfg), rebuild, kept="; the harvest (Flickr's answers) is kept")
         return _build(cfg)
 
 
