@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
+from geo_ssl.pipeline.common import procs
 from geo_ssl.pipeline.common.errors import GeoSSLError
 
 T = TypeVar("T")
@@ -183,11 +184,7 @@ def exit_with_run(run_pid: int) -> None:
             os.kill(run_pid, 0)
         except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to another user
             return False
-        try:  # killed but not yet reaped by its parent (a zombie): gone as well
-            with open(f"/proc/{run_pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except (OSError, IndexError):
-            return True
+        return not procs.is_zombie(run_pid)  # killed but not yet reaped by its parent: gone as well
 
     def watch() -> None:
         while run_is_alive():

@@ -7,15 +7,21 @@ back through `as_completed`, which feeds the stage's progress bar. A task whose 
 by the scheduler on another worker (up to `distributed.scheduler.allowed-failures` times); tasks
 write their outputs with temp + rename and completion records, so a rerun task rewrites the same
 bytes under the same name and nothing is written twice.
+
+A `--scheduler` address is asked who it is before a Client connects, so that a web port (the dashboard's)
+is a one-line error within seconds, not a hang. A scheduler lost mid-run ends the run with one line and
+exit 3 (`retry.StorageError`, as a storage outage): finished tasks are recorded, a rerun resumes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import TypeVar
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
@@ -23,6 +29,7 @@ from geo_ssl.pipeline.common.errors import GeoSSLError
 try:
     import dask
     from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+    from distributed.comm import CommClosedError, connect
     from distributed.scheduler import KilledWorker
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise GeoSSLError(
@@ -30,10 +37,13 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     ) from None
 
 from geo_ssl.pipeline.common.executor import exit_with_run
+from geo_ssl.pipeline.common.retry import StorageError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: How long (seconds) a --scheduler address has to answer as a Dask scheduler.
+_PROBE_TIMEOUT_S = 6.0
 #: scheduler address (None: this process's LocalCluster) -> client, reused across stages of one process.
 _clients: dict[str | None, Client] = {}
 
@@ -61,6 +71,7 @@ def client_for(scheduler: str | None, workers: int) -> Client:
             return client
         _close(_clients.pop(scheduler))
     if scheduler:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
@@ -82,6 +93,39 @@ def client_for(scheduler: str | None, workers: int) -> Client:
     return client
 
 
+def check_scheduler(address: str, timeout: float = _PROBE_TIMEOUT_S) -> None:
+    """Ask `address` what it is before a Client connects, and raise GeoSSLError (exit 2) unless a Dask
+    scheduler answers within `timeout` seconds. A Client given an HTTP port (the dashboard's is a common
+    mix-up) waits forever for a handshake, or reads the HTTP reply as a frame length and fails on a
+    huge allocation."""
+
+    async def identity() -> object:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, even when the caller's thread runs one
+        try:
+            reply = thread.submit(asyncio.run, asyncio.wait_for(identity(), timeout + 2)).result()
+        except TimeoutError:  # wait_for's: connected, but no scheduler answered
+            reply = f"no answer in {timeout + 2:g} s"
+        except OSError as exc:  # dask's connect: refused, unreachable, its own timeout
+            raise GeoSSLError(f"--scheduler {address}: cannot connect ({exc})") from None
+        except Exception as exc:  # bytes that are not Dask's protocol
+            reply = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+    if isinstance(reply, dict) and reply.get("type") == "Scheduler":
+        return
+    if not isinstance(reply, str):  # a worker's or a nanny's address answers identity too
+        reply = f"a Dask {reply.get('type', 'server')} answered" if isinstance(reply, dict) else "odd answer"
+    raise GeoSSLError(
+        f"--scheduler {address}: not a Dask scheduler ({reply}); give the scheduler's address,"
+        " e.g. tcp://host:8786 (not the dashboard's http port)"
+    )
+
+
 def shutdown() -> None:
     """Close every client (and the LocalClusters this process started)."""
     while _clients:
@@ -90,12 +134,17 @@ def shutdown() -> None:
 
 def _close(client: Client) -> None:
     cluster = client.cluster
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a client of a lost scheduler logs its cancelled reconnect as an error
     try:
         client.close()
         if cluster is not None:
             cluster.close()
     except Exception:  # closing at exit must never mask the run's own outcome
         pass
+    finally:
+        log.setLevel(level)
 
 
 atexit.register(shutdown)
@@ -148,6 +197,14 @@ def run_tasks(
             except KilledWorker as exc:
                 raise GeoSSLError(
                     f"a {stage} task kept killing its Dask worker ({exc}); rerun the same command to resume"
+                ) from None
+            except (CancelledError, CommClosedError) as exc:  # the scheduler went away (killed, network)
+                pending.clear()  # nothing to cancel on a scheduler that is gone
+                _close(_clients.pop(scheduler, client))
+                where = f"at {scheduler}" if scheduler else "of this run's LocalCluster"
+                raise StorageError(
+                    f"{stage}: the Dask scheduler {where} went away ({type(exc).__name__}); finished work"
+                    " is kept: rerun the same command to resume"
                 ) from None
             future.release()
             yield value

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from geo_ssl.pipeline.common import storage
+from geo_ssl.pipeline.common import procs, storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.retry import RetryingReader, retry_io
+from geo_ssl.pipeline.common.retry import DISK_FULL_ERRNOS, RetryingReader, retry_io
 
 
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -91,6 +91,19 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
+def naming(url: str, *unnamed: str) -> Iterator[None]:
+    """Put `url` on a disk-full OSError raised in the block that names no file (or only one of `unnamed`,
+    a temp file): a write that hits a full disk raises ENOSPC without a name, and the error line must
+    say which output could not be written. (Other errors may come from reading inputs: left alone.)"""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS and (exc.filename is None or exc.filename in unnamed):
+            exc.filename = url
+        raise
+
+
+@contextlib.contextmanager
 def atomic_local_path(url: str) -> Iterator[str]:
     """Yield a local temp file path; on success it becomes `url`, on failure it is removed."""
     fs, path = get_fs(url)
@@ -104,12 +117,13 @@ def atomic_local_path(url: str) -> Iterator[str]:
         fd, tmp = staging_temp("-" + os.path.basename(path))
     os.close(fd)
     try:
-        yield tmp
-        if local:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask mode
-            os.replace(tmp, path)
-        else:
-            fs.put_file(tmp, path)
+        with naming(url if local else f"{staging_dir()} (staging {url})", tmp):
+            yield tmp
+            if local:
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask mode
+                os.replace(tmp, path)
+            else:
+                fs.put_file(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -144,22 +158,12 @@ def sweep_staging() -> int:
     folder, n = staging_dir(), 0
     for name in os.listdir(folder):
         pid = name.split("-")[1] if name.startswith(".tmp-") and name.count("-") >= 2 else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or procs.running(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, name))
             n += 1
     return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temps(url_dir: str) -> int:

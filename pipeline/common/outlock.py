@@ -5,7 +5,8 @@ run stops at once with "another run is writing here (pid ..., since ...)" and ex
 
 - Local folder: `OUT/.geo-ssl.lock` is created with O_CREAT|O_EXCL (atomic, also on NFSv3+) and holds
   pid, host, process start time, command and start time. A lock left by a killed run (kill -9) whose
-  pid is gone from this host, or now belongs to a younger process, is stale and is taken over.
+  pid is gone from this host, is a zombie no one reaps, or now belongs to a younger process, is stale
+  and is taken over. A lock our own failed write left empty (disk full) is removed at once.
 - Object storage: the lock object is written with a conditional put (`If-None-Match: *` through s3fs,
   atomic on S3), then read back to confirm it is ours, which also covers filesystems without
   conditional writes (best effort there: two runs starting within the same instant may both pass).
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 
 from fsspec.implementations.local import LocalFileSystem
 
-from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common import fsio, procs
 from geo_ssl.pipeline.common.errors import GeoSSLError
 
 LOCK_NAME = ".geo-ssl.lock"
@@ -36,39 +37,23 @@ _EMPTY_GRACE_S = 10.0
 _held: dict[str, int] = {}
 
 
-def _proc_start(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (Linux), to tell a reused pid from its first owner."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
 def _holder_gone(holder: dict) -> bool:
-    """True when the holder ran on this host and its process no longer exists (or the pid was reused)."""
+    """True when the holder ran on this host and its process has exited (or the pid was reused)."""
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
     pid = holder["pid"]
-    if not _pid_alive(pid):
+    if not procs.running(pid):  # exited, a zombie included (see procs.py)
         return True
     started = holder.get("proc_start")
-    return started is not None and _proc_start(pid) not in (None, started)
+    return started is not None and procs.start_time(pid) not in (None, started)
 
 
 def _describe(holder: dict | None, lock_url: str) -> str:
     if not holder:
-        return f"another run is writing here (lock {lock_url})"
+        return (
+            f"another run is writing here (its lock {lock_url} is empty or unreadable: a run is starting,"
+            f" or one was killed while creating it); if no run is writing here, delete {lock_url}"
+        )
     what = f", {holder['command']}" if holder.get("command") else ""
     return (
         f"another run is writing here (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{what},"
@@ -88,7 +73,7 @@ def _my_record(command: str) -> dict:
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "proc_start": _proc_start(os.getpid()),
+        "proc_start": procs.start_time(os.getpid()),
         "command": command,
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "token": uuid.uuid4().hex,
@@ -113,10 +98,15 @@ def _acquire_local(path: str, me: dict, lock_url: str) -> None:
                 raise GeoSSLError(f"{lock_url.rsplit('/', 1)[0]}: {_describe(holder, lock_url)}") from None
             _break_stale(path, raw)
             continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with fsio.naming(lock_url), os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # disk full, interrupted: an empty lock of ours must not refuse the rerun
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         return
     raise GeoSSLError(f"{lock_url}: could not take the output lock (it changed hands repeatedly)")
 

@@ -198,6 +198,8 @@ _USER_ERRNOS = {
     errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS,
     errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
 }  # fmt: skip
+#: A write failed for want of space (disk full, quota, file size limit).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def explain_failure(exc: BaseException) -> tuple[str, int] | None:
@@ -219,7 +221,8 @@ def explain_failure(exc: BaseException) -> tuple[str, int] | None:
         )
     if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
         where = exc.filename2 or exc.filename or "a path"  # filename2: the target of a rename
-        return f"{where}: {exc.strerror or describe(exc)}", EXIT_USAGE
+        hint = "; free some space there and rerun the same command" if exc.errno in DISK_FULL_ERRNOS else ""
+        return f"{where}: {exc.strerror or describe(exc)}{hint}", EXIT_USAGE
     if is_transient(exc):
         return (
             f"storage unreachable or failing ({describe(exc)}); nothing was lost: "

