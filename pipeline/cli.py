@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=positive_int_arg, default=None, help="number of geo clusters (default 100)")
     p.add_argument("--seed", type=seed_arg, default=None)
     p.add_argument("--rebuild", action="store_true",
-                   help="replace a build of another root found in --out (default: refuse)")  # fmt: skip
+                   help="replace a build of other settings (root, kind, k, seed, shard options) found in "
+                        "--out (default: refuse)")  # fmt: skip
     _add_shard_flags(p)
     _add_executor_flags(p)
     from geo_ssl.pipeline.geoimagenet.commands import add_build_flags

@@ -223,6 +223,7 @@ REJECT_REASONS = {
     "bad_key": "the URL-list key is not an ImageNet `{wnid}_{index}`",
     "not_flickr": "the URL is not on a Flickr host",
     "unrecognised_flickr_url": "a Flickr URL with no photo id in any known form",
+    "bad_photo_id": "the photo id in the URL is beyond the 64-bit range of Flickr photo ids",
     "not_jpeg": "the image file is not a JPEG",
     "no_coordinates": "Flickr has no location for the photo behind the image",
 }

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+
+from geo_ssl.pipeline.common.checks import positive_int_arg, seed_arg
 
 COMMANDS = ("harvest-flickr", "synth-imagenet", "index-imagenet")
 #: flickrapi's FlickrAPI.REST_URL (not imported here: building the parser must stay cheap).
@@ -50,8 +54,10 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", type=int, default=8, help="number of classes (default 8)")
-    p.add_argument("--images-per-class", type=int, default=24, help="images per class (default 24)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--images-per-class", type=positive_int_arg, default=24, help="images per class (default 24)"
+    )
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
         "--words", default=None, help="ImageNet words.txt for class names (default: built-in list)"
     )
@@ -67,18 +73,32 @@ def add_parsers(sub) -> None:
     )
 
 
+def sigterm_exit(exc: BaseException) -> int:
+    """A harvest stopped by SIGTERM after saving its answers: one line on stderr, exit 143 (128 + 15)."""
+    print(f"geo-build-dataset: {exc}", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run one GeoImageNet subcommand; prints its reconciling summary line(s)."""
     if args.command == "harvest-flickr":
-        from geo_ssl.pipeline.geoimagenet.harvest import HarvestOptions, harvest_flickr, status_line
+        from geo_ssl.pipeline.geoimagenet.harvest import (
+            HarvestOptions,
+            Terminated,
+            harvest_flickr,
+            status_line,
+        )
 
         opts = HarvestOptions(
             api_url=args.api_url, rate_limit=args.rate_limit, concurrency=args.concurrency, batch=args.batch,
             max_attempts=args.max_attempts, retry_base=args.retry_base, timeout=args.timeout,
             flush_seconds=args.flush_seconds,
         )  # fmt: skip
-        summary = harvest_flickr(args.urls, args.out, opts, credentials=args.credentials, yfcc=args.yfcc,
-                                 limit=args.limit)  # fmt: skip
+        try:
+            summary = harvest_flickr(args.urls, args.out, opts, credentials=args.credentials, yfcc=args.yfcc,
+                                     limit=args.limit)  # fmt: skip
+        except Terminated as exc:
+            return sigterm_exit(exc)
         print(summary.line())
         print(status_line(summary))
     elif args.command == "synth-imagenet":
@@ -124,5 +144,10 @@ def run_build(args: argparse.Namespace, shard: dict) -> int:
 
     flags = {k: getattr(args, k, None) for k in ("root", "out", "k", "urls", "yfcc", "credentials", "api_url",
                                                   "rate_limit", "words")}  # fmt: skip
-    build_geoimagenet(load_config(args.config, flags, shard))
+    from geo_ssl.pipeline.geoimagenet.harvest import Terminated
+
+    try:
+        build_geoimagenet(load_config(args.config, flags, shard), rebuild=getattr(args, "rebuild", False))
+    except Terminated as exc:
+        return sigterm_exit(exc)
     return 0

@@ -9,13 +9,16 @@ and only asks what is left. At the end every part is merged into OUT/flickr_geo.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import queue
 import random
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,7 +29,9 @@ import pyarrow.parquet as pq
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
+from geo_ssl.pipeline.common.retry import retry_io
 from geo_ssl.pipeline.common.tables import write_table
 from geo_ssl.pipeline.geoimagenet import flickr_client
 from geo_ssl.pipeline.geoimagenet.credentials import Credentials, load_credentials
@@ -60,14 +65,25 @@ class HarvestOptions:
     max_consecutive_failures: int = 20  # photos in a row that exhausted their retries: the API is down
 
     def check(self) -> None:
-        if not self.rate_limit > 0:
-            raise GeoSSLError(f"--rate-limit must be > 0 calls per hour (got {self.rate_limit})")
+        """One line naming the flag for a value the run cannot use (inf or nan included: argparse's float
+        takes them, and an infinite limit or a zero timeout would only show up later, as a failing API)."""
+        _finite("--rate-limit", self.rate_limit, "calls per hour")
+        _finite("--timeout", self.timeout, "seconds")
+        _finite("--flush-seconds", self.flush_seconds, "seconds")
+        _finite("--retry-base", self.retry_base, "seconds", zero_ok=True)
+        _finite("retry_cap", self.retry_cap, "seconds", zero_ok=True)
         if self.concurrency < 1:
             raise GeoSSLError(f"--concurrency must be >= 1 (got {self.concurrency})")
         if self.batch < 1 or self.max_attempts < 1:
             raise GeoSSLError("--batch and --max-attempts must be >= 1")
         if not self.api_url.startswith(("http://", "https://")):
             raise GeoSSLError(f"--api-url {self.api_url!r}: not an http(s) URL")
+
+
+def _finite(flag: str, value: float, unit: str, zero_ok: bool = False) -> None:
+    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise GeoSSLError(f"{flag}: must be a finite number {bound} ({unit}), got {value}")
 
 
 def _file_id(url: str) -> dict:
@@ -97,7 +113,14 @@ def prepare_entries(urls: str, out: str) -> dict:
 
 def photo_table(out: str) -> pa.Table:
     """Unique photos of the entries: photo_id (sorted) and the first wnid (alphabetically) it backs."""
-    entries = pq.read_table(fsio.join(out, ENTRIES), columns=["photo_id", "wnid"])
+    url = fsio.join(out, ENTRIES)
+    fs, path = fsio.get_fs(url)  # fsspec, not pyarrow's own S3 client: the command's storage options apply
+
+    def read() -> pa.Table:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=["photo_id", "wnid"])
+
+    entries = retry_io(read, f"reading {url}")
     table = entries.group_by("photo_id").aggregate([("wnid", "min")]).rename_columns(["photo_id", "wnid"])
     return table.sort_by([("photo_id", "ascending")])
 
@@ -211,6 +234,38 @@ class _Workers:
             t.join(timeout=self.opts.timeout + 5)
 
 
+class Terminated(Exception):
+    """SIGTERM (timeout, Slurm, systemd) stopped the harvest after every answer received was saved; the
+    CLI prints this on one line and exits 143, like a Ctrl-C exits 130."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "stopped by SIGTERM; the answers received are saved, rerun the same command to resume"
+        )
+
+
+def _stop_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _raise_stop(signum: int, frame) -> None:
+    raise _stop_exception(signum)
+
+
+@contextlib.contextmanager
+def _on_signals(handler, signums: tuple[int, ...]) -> Iterator[None]:
+    """`handler` for `signums` while the block runs; off the main thread Python cannot, and this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def harvest_flickr(
     urls: str,
     out: str,
@@ -222,11 +277,20 @@ def harvest_flickr(
     """Harvest coordinates for the photos of URLS into OUT; resumable; returns the reconciling summary.
 
     limit: ask at most this many photos in this run (the rest stay for the next run).
+    OUT is locked for the run (common/outlock.py): a second harvest into it stops with exit 2 instead of
+    spending the key's quota twice and sweeping the other run's temp files. SIGTERM raises Terminated
+    (after saving every answer received while calls are in flight).
     """
     opts = options or HarvestOptions()
     opts.check()
     creds = load_credentials(credentials)
-    fsio.makedirs(out)
+    fsio.check_output_dir(out, "--out")
+    with _on_signals(_raise_stop, (signal.SIGTERM,)), output_lock(out, STAGE):
+        return _harvest(urls, out, opts, creds, yfcc, limit)
+
+
+def _harvest(urls: str, out: str, opts: HarvestOptions, creds: Credentials, yfcc: str | None,
+             limit: int | None) -> Summary:  # fmt: skip
     fsio.remove_stale_temps(out)
     res = prepare_entries(urls, out)
     print(url_line(res), flush=True)
@@ -236,30 +300,37 @@ def harvest_flickr(
     store = ResultStore(out)
     answered_before = store.answered_ids()
 
-    saved_now = 0
-    if yfcc:
-        saved_now = _yfcc_step(yfcc, out, store, ids, wnids, answered_before)
+    saved_now, yfcc_unused = _yfcc_step(yfcc, out, store, ids, wnids, answered_before) if yfcc else (0, {})
     answered = store.answered_ids() if saved_now else answered_before
     todo_mask = ~np.isin(ids, answered, assume_unique=True)
     todo = np.flatnonzero(todo_mask)
     if limit is not None:
         todo = todo[: max(0, int(limit))]
 
-    counts, failed, calls, fatal, elapsed = _call_api(creds, opts, store, ids, wnids, todo)
+    counts, failed, calls, elapsed = _call_api(creds, opts, store, ids, wnids, todo)
     table = store.merge()
-    return _finish(creds.scrub, out, opts, res, table, answered_before, counts, failed, calls, saved_now, fatal, elapsed,
-                   yfcc, len(ids))  # fmt: skip
+    summary = _finish(creds.scrub, opts, res, table, ids, answered_before, counts, failed, calls, saved_now,
+                      elapsed, yfcc)  # fmt: skip
+    summary.extra["yfcc_lines_unused"] = yfcc_unused
+    fsio.atomic_write_text(fsio.join(out, SUMMARY), json.dumps(summary.as_dict(), indent=1, sort_keys=True,
+                                                               allow_nan=False))  # fmt: skip
+    return summary
 
 
-def _yfcc_step(yfcc: str, out: str, store: ResultStore, ids: np.ndarray, wnids, answered: np.ndarray) -> int:
-    """Join against the YFCC dump once; rows go to the store like API answers (source=yfcc)."""
+def _yfcc_step(yfcc: str, out: str, store: ResultStore, ids: np.ndarray, wnids,
+               answered: np.ndarray) -> tuple[int, dict]:  # fmt: skip
+    """Join against the YFCC dump once; rows go to the store like API answers (source=yfcc). Returns the
+    rows saved now and the dump's unused lines by reason (from the marker when the join was done before)."""
     marker = fsio.join(out, YFCC_DONE)
     ident = _file_id(yfcc)
-    if fsio.exists(marker) and json.loads(fsio.read_bytes(marker)).get("source") == ident:
-        return 0
+    if fsio.exists(marker):
+        done = json.loads(fsio.read_bytes(marker))
+        if done.get("source") == ident:
+            return 0, done.get("unused_lines", {})
     wanted = ids[~np.isin(ids, answered, assume_unique=True)]
     rows, n = [], 0
-    for hit in join_yfcc(yfcc, wanted):
+    unused: Counter = Counter()
+    for hit in join_yfcc(yfcc, wanted, unused=unused):
         pos = int(np.searchsorted(ids, hit["photo_id"]))
         rows.append(_row(hit["photo_id"], wnids[pos].as_py(), "ok", "yfcc", 0,
                          {"lat": hit["lat"], "lon": hit["lon"], "accuracy": hit["accuracy"]}))  # fmt: skip
@@ -269,8 +340,10 @@ def _yfcc_step(yfcc: str, out: str, store: ResultStore, ids: np.ndarray, wnids, 
             rows = []
     store.append(rows)
     n += len(rows)
-    fsio.atomic_write_text(marker, json.dumps({"source": ident, "matched": n}, sort_keys=True))
-    return n
+    unused_lines = dict(sorted(unused.items()))
+    fsio.atomic_write_text(marker, json.dumps({"source": ident, "matched": n, "unused_lines": unused_lines},
+                                              sort_keys=True))  # fmt: skip
+    return n, unused_lines
 
 
 def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo: np.ndarray):
@@ -285,78 +358,71 @@ def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo:
     consecutive = 0
     feed_pos = 0
     outstanding = 0
-    interrupted = threading.Event()
-    previous = _catch_sigint(interrupted)
-    try:
-        while feed_pos < len(todo) or outstanding:
-            if interrupted.is_set():
-                raise KeyboardInterrupt  # here, between queue calls, never inside one
-            while feed_pos < len(todo) and not workers.stop.is_set():
-                i = int(todo[feed_pos])
+    received: list[int] = []
+
+    def defer(signum: int, frame) -> None:
+        """Ctrl-C or SIGTERM is acted on by the loop at a safe point (an exception raised inside a queue
+        call can leave the queue's lock held, and the drain that follows then waits forever); a second
+        signal interrupts at once."""
+        if received:
+            raise _stop_exception(signum)
+        received.append(signum)
+
+    with _on_signals(defer, (signal.SIGINT, signal.SIGTERM)):
+        try:
+            while feed_pos < len(todo) or outstanding:
+                if received:
+                    raise _stop_exception(received[0])  # here, between queue calls, never inside one
+                while feed_pos < len(todo) and not workers.stop.is_set():
+                    i = int(todo[feed_pos])
+                    try:
+                        workers.todo.put_nowait((int(ids[i]), wnids[i].as_py()))
+                    except queue.Full:
+                        break
+                    feed_pos += 1
+                    outstanding += 1
                 try:
-                    workers.todo.put_nowait((int(ids[i]), wnids[i].as_py()))
-                except queue.Full:
+                    kind, _pid, payload = workers.done.get(timeout=0.2)
+                except queue.Empty:
+                    kind = None
+                if kind is not None:
+                    outstanding -= 1
+                    if kind == "row":
+                        buffer.append(payload)
+                        counts[payload["status"]] += 1
+                        consecutive = 0
+                    elif kind == "failed":
+                        failed += 1
+                        consecutive += 1
+                        if consecutive >= opts.max_consecutive_failures:
+                            fatal = f"the API at {opts.api_url} failed for {consecutive} photos in a row (last: {payload})"
+                    elif kind == "fatal":
+                        fatal = payload
+                    bar.update(1 if kind in ("row", "failed") else 0)
+                    dt = max(time.monotonic() - t0, 1e-9)
+                    bar.set_postfix_str(f"{workers.calls / dt * 3600:,.0f} calls/h", refresh=False)
+                if fatal is not None:
+                    workers.stop.set()
                     break
-                feed_pos += 1
-                outstanding += 1
-            try:
-                kind, _pid, payload = workers.done.get(timeout=0.2)
-            except queue.Empty:
-                kind = None
-            if kind is not None:
-                outstanding -= 1
-                if kind == "row":
-                    buffer.append(payload)
-                    counts[payload["status"]] += 1
-                    consecutive = 0
-                elif kind == "failed":
-                    failed += 1
-                    consecutive += 1
-                    if consecutive >= opts.max_consecutive_failures:
-                        fatal = f"the API at {opts.api_url} failed for {consecutive} photos in a row (last: {payload})"
-                elif kind == "fatal":
-                    fatal = payload
-                bar.update(1 if kind in ("row", "failed") else 0)
-                dt = max(time.monotonic() - t0, 1e-9)
-                bar.set_postfix_str(f"{workers.calls / dt * 3600:,.0f} calls/h", refresh=False)
-            if fatal is not None:
-                workers.stop.set()
-                break
-            now = time.monotonic()
-            if len(buffer) >= opts.batch or (buffer and now - last_flush >= opts.flush_seconds):
-                batch, buffer, last_flush = buffer, [], now  # a Ctrl-C during the write cannot save it twice
-                store.append(batch)
-        store.append(_drain(workers, buffer, counts))
-        buffer = []
-    except KeyboardInterrupt:  # Ctrl-C: keep every answer received, then stop like the CLI expects
-        store.append(_drain(workers, buffer, counts))
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        workers.close()
-        bar.close()
+                now = time.monotonic()
+                if len(buffer) >= opts.batch or (buffer and now - last_flush >= opts.flush_seconds):
+                    # swapped first: a signal during the write cannot save the batch twice
+                    batch, buffer, last_flush = buffer, [], now
+                    store.append(batch)
+            store.append(_drain(workers, buffer, counts))
+            buffer = []
+        except (KeyboardInterrupt, Terminated):  # keep every answer received, then stop like the CLI expects
+            store.append(_drain(workers, buffer, counts))
+            raise
+        finally:
+            workers.close()
+            bar.close()
     if fatal is not None:
         store.merge()
         raise GeoSSLError(
             f"{STAGE} stopped: {creds.scrub(fatal)}; answered photos are saved, rerun to resume"
         )
-    return counts, failed, workers.calls, fatal, time.monotonic() - t0
-
-
-def _catch_sigint(flag: threading.Event):
-    """Ctrl-C sets `flag` for the main loop to act on at a safe point (a KeyboardInterrupt raised inside
-    a queue call can leave the queue's lock held, and the drain that follows then waits forever); a
-    second Ctrl-C interrupts at once. Returns the previous handler (None off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
-
-    return signal.signal(signal.SIGINT, handler)
+    return counts, failed, workers.calls, time.monotonic() - t0
 
 
 def _drain(workers: _Workers, buffer: list[dict], counts: Counter) -> list[dict]:
@@ -371,21 +437,24 @@ def _drain(workers: _Workers, buffer: list[dict], counts: Counter) -> list[dict]
             counts[payload["status"]] += 1
 
 
-def _finish(scrub, out, opts, res, table: pa.Table, answered_before: np.ndarray, counts: Counter, failed: int,
-            calls: int, saved_now: int, fatal, elapsed: float, yfcc: str | None, n_photos: int) -> Summary:  # fmt: skip
-    status = table.column("status")
-    source = table.column("source")
+def _finish(scrub, opts, res, table: pa.Table, ids: np.ndarray, answered_before: np.ndarray, counts: Counter,
+            failed: int, calls: int, saved_now: int, elapsed: float, yfcc: str | None) -> Summary:  # fmt: skip
+    """Counts of this list's photos only: OUT may also hold the answers of another list harvested there
+    before (kept, and never asked again, but neither written nor skipped for this list)."""
+    mine = table.filter(pc.is_in(table.column("photo_id"), value_set=pa.array(ids, pa.int64())))
+    status = mine.column("status")
     by_status = {s: int(pc.sum(pc.equal(status, s)).as_py() or 0) for s in ANSWER_STATUSES}
-    yfcc_total = int(pc.sum(pc.equal(source, "yfcc")).as_py() or 0)
-    summary = Summary(stage=STAGE, unit="photos", inputs=n_photos)
+    yfcc_total = int(pc.sum(pc.equal(mine.column("source"), "yfcc")).as_py() or 0)
+    summary = Summary(stage=STAGE, unit="photos", inputs=len(ids))
     summary.written = by_status["ok"]
     summary.rejected = sum(v for k, v in by_status.items() if k != "ok")
     summary.reasons.update({k: v for k, v in by_status.items() if k != "ok" and v})
-    summary.skipped = n_photos - table.num_rows  # not answered yet: failed this run, or beyond --limit
+    summary.skipped = len(ids) - mine.num_rows  # not answered yet: failed this run, or beyond --limit
     summary.extra = {
-        "answered_total": table.num_rows,
+        "answered_total": mine.num_rows,
         "answered_this_run": int(sum(counts.values())) + saved_now,
-        "answered_before": len(answered_before),
+        "answered_before": int(np.isin(answered_before, ids, assume_unique=True).sum()),
+        "answers_of_other_lists": table.num_rows - mine.num_rows,
         "by_status": by_status,
         "from_yfcc": yfcc_total,
         "calls_saved_by_yfcc": yfcc_total,
@@ -402,7 +471,6 @@ def _finish(scrub, out, opts, res, table: pa.Table, answered_before: np.ndarray,
             "yfcc": yfcc,
         },
     }
-    fsio.atomic_write_text(fsio.join(out, SUMMARY), json.dumps(summary.as_dict(), indent=1, sort_keys=True))
     return summary
 
 

@@ -1,19 +1,22 @@
 """The harvest's results on disk: Parquet part files appended atomically, merged into one table at the end.
 
-A part is written to a temp name and renamed, so after `kill -9` a part is either whole or absent: a
-rerun loses at most the rows not yet flushed (the batch in flight), never duplicates a row, and reads
-every answered photo id back so that no answered photo is called again.
+A part is written to a temp name and renamed (or uploaded whole to object storage), so after `kill -9`
+a part is either whole or absent: a rerun loses at most the rows not yet flushed (the batch in flight),
+and reads every answered photo id back so that no answered photo is called again. Parts written by two
+runs that overlapped before the harvest took OUT's lock may answer a photo twice: the merge keeps the
+first answer saved.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 
 import numpy as np
 import pyarrow as pa
 
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.common.retry import retry_io
 from geo_ssl.pipeline.common.tables import read_table, write_table
 from geo_ssl.schemas import FLICKR_GEO
 
@@ -27,8 +30,18 @@ def rows_table(rows: list[dict]) -> pa.Table:
     return pa.table({f.name: pa.array(cols[f.name], f.type) for f in FLICKR_GEO})
 
 
+def first_answers(table: pa.Table) -> pa.Table:
+    """One row per photo id, sorted by id: the first of its rows in `table` (rows in the order saved)."""
+    order = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    table = table.append_column("_order", order).sort_by([("photo_id", "ascending"), ("_order", "ascending")])
+    ids = table.column("photo_id").to_numpy()
+    keep = np.ones(len(ids), dtype=bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    return table.filter(pa.array(keep)).drop_columns(["_order"])
+
+
 class ResultStore:
-    """Part files under OUT/results/, one per flushed batch (local folders; the harvest runs on one host)."""
+    """Part files under OUT/results/, one per flushed batch, in a local folder or on object storage."""
 
     def __init__(self, out: str) -> None:
         self.dir = fsio.join(out, PARTS_DIR)
@@ -38,10 +51,20 @@ class ResultStore:
         self._seq = max((int(m.group(1)) for m in map(_PART_RE.match, self._names()) if m), default=-1) + 1
 
     def _names(self) -> list[str]:
-        return sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []
+        fs, path = fsio.get_fs(self.dir)
+
+        def listing() -> list[str]:
+            try:  # refresh: s3fs would otherwise answer from a listing cached before our own uploads
+                return fs.ls(path, detail=False, refresh=True)
+            except FileNotFoundError:
+                return []
+
+        return sorted(posixpath.basename(p.rstrip("/")) for p in retry_io(listing, f"listing {self.dir}"))
 
     def parts(self) -> list[str]:
-        return [fsio.join(self.dir, n) for n in self._names() if _PART_RE.match(n)]
+        """Part files in the order they were saved (by number: part-1000000 comes after part-999999)."""
+        numbered = sorted((int(m.group(1)), m.group(0)) for m in map(_PART_RE.match, self._names()) if m)
+        return [fsio.join(self.dir, name) for _, name in numbered]
 
     def append(self, rows: list[dict]) -> None:
         if not rows:
@@ -61,7 +84,7 @@ class ResultStore:
         return np.unique(self.read_all(["photo_id"]).column("photo_id").to_numpy())
 
     def merge(self) -> pa.Table:
-        """Write OUT/flickr_geo.parquet: every part, sorted by photo id; returns it."""
-        table = self.read_all().sort_by([("photo_id", "ascending")])
+        """Write OUT/flickr_geo.parquet: every answered photo once, sorted by photo id; returns it."""
+        table = first_answers(self.read_all())
         write_table(table, self.final, "flickr_geo")
         return table

@@ -19,25 +19,37 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geo_ssl.pipeline.common import fsio, storage
+from geo_ssl.pipeline.common.errors import GeoSSLError
 
 #: Every static-image URL form Flickr has served (see module doc of the tests for one example each):
 #: farmN.static.flickr.com/{server}/, static.flickr.com/{server}/, farmN.staticflickr.com/{server}/,
 #: cN.staticflickr.com/{farm}/{server}/, live.staticflickr.com/{server}/, photosN.flickr.com/[{server}/],
-#: then {id}_{secret}[_{size}].{jpg|jpeg|gif|png}, optionally with a query or fragment.
+#: then {id}_{secret}[_{size}].{jpg|jpeg|gif|png}, optionally with a query or fragment. Any host may carry
+#: an explicit port (`:80`, `:443`).
+_PORT = rb"(?::\d{1,5})?"
 _STATIC = re.compile(
     rb"^(?:https?://)?(?:"
-    rb"(?:farm\d+\.)?static\.flickr\.com/\d+/"
-    rb"|farm\d+\.staticflickr\.com/\d+/"
-    rb"|c\d+\.staticflickr\.com/\d+/\d+/"
-    rb"|live\.staticflickr\.com/\d+/"
-    rb"|photos\d+\.flickr\.com/(?:\d+/)?"
+    rb"(?:farm\d+\.)?static\.flickr\.com" + _PORT + rb"/\d+/"
+    rb"|farm\d+\.staticflickr\.com" + _PORT + rb"/\d+/"
+    rb"|c\d+\.staticflickr\.com" + _PORT + rb"/\d+/\d+/"
+    rb"|live\.staticflickr\.com" + _PORT + rb"/\d+/"
+    rb"|photos\d+\.flickr\.com" + _PORT + rb"/(?:\d+/)?"
     rb")(\d+)_[0-9a-f]+(?:_[a-z0-9]{1,2})?\.(?:jpe?g|gif|png)(?:[?#]\S*)?$",
     re.IGNORECASE,
 )
-#: Photo pages: www.flickr.com/photos/{user}/{id}[/...].
-_PAGE = re.compile(rb"^(?:https?://)?(?:www\.|m\.)?flickr\.com/photos/[^/\s]+/(\d+)(?:[/?#]\S*)?$", re.I)
+_FLICKR_COM = rb"^(?:https?://)?(?:www\.|m\.)?flickr\.com" + _PORT
+#: Photo pages: www.flickr.com/photos/{user}/{id}[/...], and the old www.flickr.com/photo.gne?id={id}.
+_PAGE = re.compile(_FLICKR_COM + rb"/photos/[^/\s]+/(\d+)(?:[/?#]\S*)?$", re.I)
+_GNE = re.compile(_FLICKR_COM + rb"/photo\.gne\?(?:[^#\s]*&)?id=(\d+)(?:[&#]\S*)?$", re.I)
+#: Short links flic.kr/p/{base58 id}: the id's digits are case-sensitive, the rest is not.
+BASE58 = b"123456789abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
+_SHORT = re.compile(
+    rb"^(?i:https?://)?(?i:www\.)?(?i:flic\.kr)" + _PORT + rb"/(?i:p)/([" + BASE58 + rb"]+)/?(?:[?#]\S*)?$"
+)
 _HOST = re.compile(rb"^(?:[a-z][a-z0-9+.-]*://)?([^/?#:\s]*)", re.IGNORECASE)
 _KEY = re.compile(rb"^(n\d{8})_(\d{1,9})$")
+#: Photo ids are stored as int64 (entries, results, the index): a larger "id" cannot be a Flickr photo.
+PHOTO_ID_MAX = 2**63 - 1
 
 #: Reject reasons of the URL stage (also listed in geo_ssl.schemas.REJECT_REASONS).
 URL_REJECT_REASONS = {
@@ -45,6 +57,7 @@ URL_REJECT_REASONS = {
     "bad_key": "the key is not an ImageNet `{wnid}_{index}`",
     "not_flickr": "the URL is not on a Flickr host",
     "unrecognised_flickr_url": "a Flickr URL with no photo id in any known form",
+    "bad_photo_id": "the photo id in the URL is beyond the 64-bit range of Flickr photo ids",
 }
 
 ENTRY_SCHEMA = pa.schema(
@@ -56,18 +69,40 @@ ENTRY_SCHEMA = pa.schema(
 )
 
 
+def photo_id(digits: bytes) -> int:
+    """A decimal photo id as an int; ValueError when it is not one or does not fit in int64 (never an
+    OverflowError later, when the id reaches an int64 column)."""
+    digits = digits.strip()
+    if not digits.isdigit() or len(digits.lstrip(b"0")) > 19 or int(digits) > PHOTO_ID_MAX:
+        raise ValueError(f"not a photo id in [0, {PHOTO_ID_MAX}]: {digits[:40]!r}")
+    return int(digits)
+
+
+def _base58_id(text: bytes) -> int:
+    """The photo id of a flic.kr/p/ short link (Flickr's base58: no 0, O, I or l)."""
+    value = 0
+    for char in text[:12]:  # 12 base58 digits exceed int64 already: never a huge loop
+        value = value * 58 + BASE58.index(char)
+    if len(text) > 12 or value > PHOTO_ID_MAX:
+        raise ValueError(f"short link id beyond {PHOTO_ID_MAX}: {text[:40]!r}")
+    return value
+
+
 def flickr_photo_id(url: bytes | str) -> int | None:
-    """The Flickr photo id in a static-image or photo-page URL, or None when there is none."""
+    """The Flickr photo id in a static-image, photo-page or short-link URL, or None when there is none;
+    ValueError when the URL has the form but its id does not fit in 64 bits."""
     raw = url.encode("utf-8", "surrogateescape") if isinstance(url, str) else url
     raw = raw.strip()
-    m = _STATIC.match(raw) or _PAGE.match(raw)
-    return int(m.group(1)) if m else None
+    if m := _SHORT.match(raw):
+        return _base58_id(m.group(1))
+    m = _STATIC.match(raw) or _PAGE.match(raw) or _GNE.match(raw)
+    return photo_id(m.group(1)) if m else None
 
 
 def is_flickr_host(url: bytes) -> bool:
     m = _HOST.match(url.strip())
     host = m.group(1).lower() if m else b""
-    return host == b"flickr.com" or host.endswith((b".flickr.com", b".staticflickr.com"))
+    return host in (b"flickr.com", b"flic.kr") or host.endswith((b".flickr.com", b".staticflickr.com"))
 
 
 def _text(raw: bytes, limit: int = 300) -> str:
@@ -90,7 +125,10 @@ def parse_line(line: bytes) -> tuple[str, object]:
     km = _KEY.match(key)
     if km is None:
         return "bad_key", (_text(key, 60), _text(url))
-    pid = flickr_photo_id(url)
+    try:
+        pid = flickr_photo_id(url)
+    except ValueError:
+        return "bad_photo_id", (key.decode("ascii"), _text(url))
     if pid is not None:
         return "ok", (pid, km.group(1).decode("ascii"), int(km.group(2)))
     if is_flickr_host(url):
@@ -152,6 +190,20 @@ class _EntryWriter:
         self._writer.close()
 
 
+def _refuse_if_not_a_url_list(urls: str, lines: int, entries: int, reasons: Counter, head: bytes) -> None:
+    """GeoSSLError when no line has the `{wnid}_{index}<TAB>{url}` form: an empty file, a binary file or
+    UTF-16 text would otherwise end `[ok]` with 0 entries, as if the list had no Flickr photo."""
+    if entries or set(reasons) - {"blank_line", "malformed_line", "bad_key"}:
+        return
+    if lines == reasons["blank_line"]:
+        why = "the file is empty" if lines == 0 else "the file has only blank lines"
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        why = "it looks like UTF-16 text; save it as UTF-8 (or ASCII)"
+    else:
+        why = f"none of its {lines} lines has the form {{wnid}}_{{index}}<TAB>{{url}}"
+    raise GeoSSLError(f"{urls}: not a URL list in fall11_urls.txt format ({why})")
+
+
 def parse_url_list(
     urls: str,
     entries_out: str,
@@ -159,7 +211,8 @@ def parse_url_list(
     batch: int = 100_000,
     max_rejects: int = 100_000,
 ) -> dict:
-    """Stream URLS into ENTRIES_OUT (Parquet of photo_id, wnid, index), written atomically.
+    """Stream URLS into ENTRIES_OUT (Parquet of photo_id, wnid, index), written atomically; GeoSSLError
+    (and ENTRIES_OUT untouched) when URLS is not a URL list at all.
 
     Returns counts (lines, entries, rejected by reason) and up to `max_rejects` reject rows (REJECTS
     schema; every reject is counted even past the cap, so the summary still reconciles).
@@ -167,10 +220,13 @@ def parse_url_list(
     reasons: Counter = Counter()
     rejects: list[dict] = []
     lines = 0
+    head = b""
     with fsio.atomic_local_path(entries_out) as tmp:
         writer = _EntryWriter(tmp, batch)
         try:
             for lines, raw in enumerate(iter_lines(urls), start=1):
+                if lines == 1:
+                    head = raw[:4]
                 if not raw.strip():
                     reasons["blank_line"] += 1
                     continue
@@ -187,6 +243,7 @@ def parse_url_list(
                     })  # fmt: skip
         finally:
             writer.close()
+        _refuse_if_not_a_url_list(urls, lines, writer.rows, reasons, head)  # before ENTRIES_OUT is replaced
     blank = reasons.pop("blank_line", 0)
     return {
         "lines": lines,

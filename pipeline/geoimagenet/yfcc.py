@@ -11,11 +11,12 @@ asked through the API (their owner may have geotagged them since), so the join o
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
 
-from geo_ssl.pipeline.geoimagenet.urls import iter_lines
+from geo_ssl.pipeline.geoimagenet.urls import iter_lines, photo_id
 
 COL_ID, COL_LON, COL_LAT, COL_ACCURACY = 1, 12, 13, 14  # 0-based positions in a line
 N_COLUMNS = 25
@@ -29,23 +30,37 @@ def _matches(batch: list[tuple], wanted: np.ndarray) -> Iterator[tuple]:
         yield batch[i]
 
 
-def join_yfcc(path: str, wanted: np.ndarray, batch_lines: int = 200_000) -> Iterator[dict]:
+def join_yfcc(
+    path: str, wanted: np.ndarray, batch_lines: int = 200_000, unused: Counter | None = None
+) -> Iterator[dict]:
     """Geotagged YFCC rows whose photo id is in `wanted` (sorted int64): dicts of photo_id, lat, lon, accuracy.
 
-    Streams the dump; memory is the `wanted` array plus one batch of candidate lines.
+    Streams the dump; memory is the `wanted` array plus one batch of candidate lines. Lines that cannot
+    give coordinates are counted by reason in `unused` (short_line, not_geotagged, bad_photo_id,
+    bad_coordinates): one odd line (an id beyond int64, say) is passed over, never stops the join.
     """
+    unused = Counter() if unused is None else unused
     seen: set[int] = set()
     batch: list[tuple] = []
     for raw in iter_lines(path):  # streamed; .bz2/.gz dumps are decompressed on the fly
         cols = raw.rstrip(b"\r\n").split(b"\t")
-        if len(cols) < COL_ACCURACY + 1 or not cols[COL_LON].strip() or not cols[COL_LAT].strip():
+        if len(cols) < COL_ACCURACY + 1:
+            unused["short_line"] += 1
+            continue
+        if not cols[COL_LON].strip() or not cols[COL_LAT].strip():
+            unused["not_geotagged"] += 1
             continue
         try:
-            pid = int(cols[COL_ID])
+            pid = photo_id(cols[COL_ID])
+        except ValueError:
+            unused["bad_photo_id"] += 1
+            continue
+        try:
             lon, lat = float(cols[COL_LON]), float(cols[COL_LAT])
         except ValueError:
-            continue
+            lon = lat = float("nan")
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            unused["bad_coordinates"] += 1
             continue
         try:
             acc = int(cols[COL_ACCURACY])
