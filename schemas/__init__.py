@@ -152,7 +152,9 @@ FLICKR_GEO = pa.schema(
     [
         pa.field("photo_id", pa.int64(), nullable=False),
         pa.field("wnid", pa.string(), nullable=False),  # first ImageNet synset the photo backs
-        pa.field("status", pa.string(), nullable=False),  # ok | no_location | not_found | permission_denied
+        # ok | no_location | not_found | permission_denied | bad_location (a reply whose coordinates are out
+        # of range: lat/lon left null, the reply's values in error_message); every status is final
+        pa.field("status", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),  # api | yfcc
         pa.field("lat", pa.float64()),
         pa.field("lon", pa.float64()),

@@ -9,7 +9,8 @@ can be set per instance, every call is an OAuth1-signed POST, non-200 replies ra
 so each client gets its own Session (thread safety of a shared one is not documented).
 
 An answer is either photo-level (kept in the table, never asked again), transient (retried with
-backoff), or key-level (the run stops with one line).
+backoff), or key-level (the run stops with one line). A well-formed reply whose coordinates are out of
+range is photo-level too (`bad_location`): asking again would only get the same coordinates.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Answer:
     """The outcome of one HTTP call: kind is photo (final answer), transient or fatal."""
 
     kind: str
-    status: str | None = None  # photo answers: ok | no_location | not_found | permission_denied
+    status: str | None = None  # photo-level: ok | no_location | not_found | permission_denied | bad_location
     code: int | None = None
     message: str = ""
     values: dict = field(default_factory=dict)  # ok: lat, lon, accuracy, context, place names
@@ -67,12 +68,18 @@ def _num(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+class BadLocation(ValueError):
+    """The reply parsed, but its coordinates are no place on Earth (|lat| > 90, |lon| > 180, NaN): Flickr's
+    answer about this photo, the same on every call, so it is final, not a transient failure."""
+
+
 def parse_location(reply: object) -> dict:
-    """lat, lon, accuracy, context and place names from a parsed getLocation reply (KeyError/ValueError if odd)."""
+    """lat, lon, accuracy, context and place names from a parsed getLocation reply (KeyError/ValueError if
+    odd; BadLocation if the coordinates are out of range)."""
     loc = reply["photo"]["location"]  # type: ignore[index]
     lat, lon = _num(loc["latitude"]), _num(loc["longitude"])
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ValueError("coordinates out of range")
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # NaN fails both comparisons
+        raise BadLocation(f"coordinates out of range: lat={lat} lon={lon}")
     out = {
         "lat": lat,
         "lon": lon,
@@ -117,6 +124,8 @@ def get_location(client: flickrapi.FlickrAPI, photo_id: int, creds: Credentials)
         return Answer("transient", message=f"unparsable reply ({type(exc).__name__})")
     try:
         values = parse_location(reply)
+    except BadLocation as exc:
+        return Answer("photo", "bad_location", message=str(exc))
     except (KeyError, TypeError, ValueError) as exc:
         return Answer("transient", message=f"unparsable location ({type(exc).__name__})")
     return Answer("photo", "ok", values=values)

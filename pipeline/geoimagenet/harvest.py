@@ -46,7 +46,7 @@ URL_REJECTS = "url_rejects.parquet"
 URL_SUMMARY = "url_summary.json"
 YFCC_DONE = "yfcc_join.json"
 SUMMARY = "harvest_summary.json"
-ANSWER_STATUSES = ("ok", "no_location", "not_found", "permission_denied")
+ANSWER_STATUSES = ("ok", "no_location", "not_found", "permission_denied", "bad_location")
 
 
 @dataclass
@@ -111,16 +111,24 @@ def prepare_entries(urls: str, out: str) -> dict:
     return res
 
 
-def photo_table(out: str) -> pa.Table:
-    """Unique photos of the entries: photo_id (sorted) and the first wnid (alphabetically) it backs."""
+def read_entries(out: str, columns: list[str] | None = None) -> pa.Table:
+    """OUT/entries.parquet (photo_id, wnid, index) of a harvest folder, local or on object storage.
+
+    Read through fsspec, not pyarrow's own S3 client, so the command's storage options (endpoint, profile)
+    apply; transient errors are retried, then raise retry.StorageError."""
     url = fsio.join(out, ENTRIES)
-    fs, path = fsio.get_fs(url)  # fsspec, not pyarrow's own S3 client: the command's storage options apply
+    fs, path = fsio.get_fs(url)
 
     def read() -> pa.Table:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=["photo_id", "wnid"])
+            return pq.read_table(f, columns=columns)
 
-    entries = retry_io(read, f"reading {url}")
+    return retry_io(read, f"reading {url}")
+
+
+def photo_table(out: str) -> pa.Table:
+    """Unique photos of the entries: photo_id (sorted) and the first wnid (alphabetically) it backs."""
+    entries = read_entries(out, ["photo_id", "wnid"])
     table = entries.group_by("photo_id").aggregate([("wnid", "min")]).rename_columns(["photo_id", "wnid"])
     return table.sort_by([("photo_id", "ascending")])
 
@@ -476,7 +484,7 @@ def _finish(scrub, opts, res, table: pa.Table, ids: np.ndarray, answered_before:
 
 def status_line(summary: Summary) -> str:
     e = summary.extra
-    by = " ".join(f"{k}={v}" for k, v in e["by_status"].items())
+    by = " ".join(f"{k}={v}" for k, v in e["by_status"].items() if v or k == "ok") or "ok=0"
     return (
         f"  by status: {by} | left to a rerun: {summary.skipped} | calls this run: {e['calls_this_run']}"
         f" ({e['calls_per_hour']:,.0f}/h) | calls saved by the YFCC join: {e['calls_saved_by_yfcc']}"

@@ -28,7 +28,7 @@ from PIL import Image
 from geo_ssl.pipeline.common import fsio, tables
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary, progress
-from geo_ssl.pipeline.geoimagenet.harvest import ENTRIES
+from geo_ssl.pipeline.geoimagenet.harvest import ENTRIES, read_entries
 from geo_ssl.pipeline.geoimagenet.store import FINAL
 from geo_ssl.pipeline.geoimagenet.synth import read_words
 from geo_ssl.pipeline.shards.sample_extras import EXTRAS
@@ -90,7 +90,7 @@ def index_imagenet(
     names = read_words(words)
     files = _list_tree(root)
     fs, _ = fsio.get_fs(root)
-    entries = pq.read_table(fsio.join(harvest, ENTRIES))
+    entries = read_entries(harvest, ["photo_id", "wnid", "index"])
     geo = tables.read_table(fsio.join(harvest, FINAL), "flickr_geo",
                             columns=["photo_id", "status", "lat", "lon", "accuracy", "country"])  # fmt: skip
     located = geo.filter(pc.equal(geo["status"], "ok"))
