@@ -59,15 +59,23 @@ def card_fields(extras: dict[str, str] | None) -> dict:
 def refuse_temporal(data: str, method: str) -> None:
     """Stop a +tp method on shards whose card says they hold no temporal positives (GeoImageNet)."""
     from geo_ssl.pipeline.common.errors import GeoSSLError
+    from geo_ssl.pipeline.common.retry import StorageError
 
     url = fsio.join(str(data), "dataset.json")
     try:
-        card = json.loads(fsio.read_bytes(url)) if fsio.exists(url) else {}
-    except (OSError, ValueError):
+        card = json.loads(fsio.read_bytes(url))
+    except (OSError, ValueError, StorageError):  # no card, or the store is down (the loader says so)
         return
-    if card.get("temporal_positives") is False:
+    if not isinstance(card, dict):  # geo-pretrain's preflight refuses such a card (check_card)
+        return
+    views = card.get("layout") == "views"  # write-shards --layout views: one image per sample
+    if card.get("temporal_positives") is False or views:
         base = method.replace("+tp", "")
+        why = (
+            'layout "views": each sample is one image'
+            if views
+            else f"{card.get('dataset', 'this data set')} has one image per location"
+        )
         raise GeoSSLError(
-            f"--method {method}: temporal positives do not apply to {data} ({card.get('dataset', 'this data set')}"
-            f" has one image per location); use {base}"
+            f"--method {method}: temporal positives do not apply to {data} ({url}: {why}); use {base}"
         )

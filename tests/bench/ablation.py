@@ -85,7 +85,7 @@ def run_config(data: str, out: Path, method: str, args: argparse.Namespace) -> P
         temperature=args.temperature, head_bn=args.head_bn, crop_scale=args.crop_scale, amp=args.amp,
         lr=args.lr, epochs=args.epochs, epoch_samples=args.epoch_samples, num_workers=args.workers,
         shuffle_buffer=200, seed=args.seed,
-        knn_every=0, log_every=5, ckpt_every=100_000,
+        knn_every=0, log_every=5, ckpt_every=max(1, args.steps // args.epochs),  # one per epoch, as --epochs says
     )  # fmt: skip
 
 

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         fs = bucket_fs(endpoint)
         for f in sorted(data.iterdir()):
             fs.put_file(str(f), f"bench/shards/{f.name}")
-        base = dict(batch_size=32, image_size=64, num_workers=0, shuffle_buffer=1000, decode="defer")
+        base = dict(
+            split="train", batch_size=32, image_size=64, num_workers=0, shuffle_buffer=1000, decode="defer"
+        )
         cache = work / "cache"
         variants = {
             "local disk": lambda: LoaderConfig(str(data), **base),

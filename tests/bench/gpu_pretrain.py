@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--budget-minutes", type=float, default=9.5, help="whole run, data build included")
     p.add_argument("--cpu-smoke", action="store_true", help="the tiny CPU run even where CUDA is present")
+    p.add_argument(
+        "--data-path", choices=("cpu", "gpu"), default="cpu",
+        help="augmentation on the loader's cores (default, as geo-pretrain) or on the GPU (opt-in there); "
+        "run both to compare them",
+    )  # fmt: skip
     args = p.parse_args(argv)
     os.environ.setdefault("GEO_SSL_PROGRESS", "0")
     t_start = time.time()
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         "knn_every": 0,
         "log_every": 10 if cuda else 1,
         "ckpt_every": 100000,
+        "data_path": args.data_path,
     }
     if not cuda:
         values.update(arch="resnet18", image_size=32, bn_splits=1)
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# GPU pretraining run: {cfg.arch} {cfg.method}, AMP {cfg.amp}, on {device}",
         "",
-        f"Command: `python -m tests.bench.gpu_pretrain --out {args.out}`"
+        f"Command: `python -m tests.bench.gpu_pretrain --out {args.out} --data-path {args.data_path}`"
         + ("" if cuda else " (no CUDA: CPU smoke run, no figures)"),
         f"Data: synth-fmow {args.locations} locations {'--realistic-sizes ' if cuda else ''}-> shards at "
         f"{448 if cuda else 64} px ({train_views} train views), built in {build_s:.0f} s.",

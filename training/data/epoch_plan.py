@@ -33,7 +33,8 @@ class Slice:
 @dataclass(frozen=True)
 class EpochPlan:
     """How an epoch is cut: `samples` in the split, `used` per epoch (= steps x global_batch), the
-    `remainder` left out of each epoch, and what happens to it (`remainder_policy`)."""
+    `remainder` left out of each epoch, and what happens to it (`remainder_policy`); `lost`: samples
+    manifest.parquet lists in shards the loader left out (absent, or another build's: shard_list)."""
 
     samples: int
     used: int
@@ -41,6 +42,7 @@ class EpochPlan:
     steps: int
     remainder: int
     remainder_policy: str = "drop"
+    lost: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,8 @@ class EpochPlan:
             share = f"samples, {self.used / self.samples:.3g} passes over the split's {self.samples}"
         else:
             share = f"of {self.samples} samples"
+        if self.lost:
+            tail += f"; {self.lost} samples of the manifest lost (shards missing or not its own, left out)"
         return f"{self.steps} steps per epoch x global batch {self.global_batch} = {self.used} {share}{tail}"
 
 

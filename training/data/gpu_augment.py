@@ -428,16 +428,17 @@ DATA_PATHS = ("auto", "cpu", "gpu")
 
 
 def resolve_data_path(mode: str, device: torch.device | str | None = None) -> str:
-    """ "cpu" or "gpu" for a --data-path: auto = the GPU path when the training device is CUDA."""
+    """ "cpu" or "gpu" for a --data-path: auto = cpu, whatever the device.
+
+    The GPU path is opt-in (`--data-path gpu`) until a GPU benchmark in BENCHMARKS.md shows it gives the
+    CPU path's augmentation statistics and is faster; it has only run on CPU tensors so far. `auto` stays
+    accepted (configs of earlier runs hold it) and will pick the GPU path on CUDA once that is shown.
+    `device` is kept for that."""
     if mode not in DATA_PATHS:
         from geo_ssl.pipeline.common.errors import GeoSSLError
 
         raise GeoSSLError(f"--data-path {mode!r}: choose one of {', '.join(DATA_PATHS)}")
-    if mode != "auto":
-        return mode
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return "gpu" if torch.device(device).type == "cuda" else "cpu"
+    return "cpu" if mode == "auto" else mode
 
 
 class DeviceDataPath:

@@ -29,12 +29,17 @@ manifest lists but the shard lacks) are skipped and counted in `loader.stats` wi
 that comes up short fills its last batches by reading its share again (`stats.refilled`). `strict=True`
 raises `CorruptSampleError` naming shard and key or byte offset, as one line, also from worker processes.
 Storage errors are retried with backoff, then raise `ShardReadError` naming the shard (never counted as
-corrupt data).
+corrupt data). Before any read, the shards are compared with manifest.parquet beside them
+(shard_list.select_shards: names and sizes from the folder listing): a shard the manifest lists but the
+folder lacks, one it does not list, or one whose size says it is another build's is left out with one
+stderr line; the manifest's samples of those count as missing, and `strict=True` refuses them. Through
+a cache (`cache_dir`) a fetched shard is also hashed against the manifest's sha256: one of the same size
+but other bytes is left out the same way when read (shard_cache.NotTheShardError).
 
 Other SSL methods (SimCLR, BYOL, multi-crop, ...) ask the same shards for N views per location:
 
     from geo_ssl.training.data.loader import LoaderConfig, views_loader
-    cfg = LoaderConfig(urls="shards/train-{000000..000041}.tar", batch_size=256, image_size=224)
+    cfg = LoaderConfig(urls="shards/", split="train", batch_size=256, image_size=224)
     loader = views_loader(cfg, n_views=4, rank=rank, world_size=world_size)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -105,11 +110,18 @@ from geo_ssl.training.data.epoch_unit import (
     unit_counts,
 )
 from geo_ssl.training.data.gassl_crop import augment_for
+from geo_ssl.training.data.listing_cache import cached_shard_set
 from geo_ssl.training.data.selection import Picked, pick_views, read_meta, render_views, seed_of
-from geo_ssl.training.data.shard_cache import ShardCache
+from geo_ssl.training.data.shard_cache import NotTheShardError, ShardCache
 from geo_ssl.training.data.shard_io import RetryPolicy, ShardReadError, open_with_retries
-from geo_ssl.training.data.shard_list import resolve_shards, shard_counts
-from geo_ssl.training.data.tar_stream import CorruptSampleError, LoaderStats, SampleErrors, slice_samples
+from geo_ssl.training.data.shard_list import ALL_SPLITS, ShardSet, resolve_shards, shard_counts
+from geo_ssl.training.data.tar_stream import (
+    _MAX_ERRORS_KEPT,
+    CorruptSampleError,
+    LoaderStats,
+    SampleErrors,
+    slice_samples,
+)
 
 __all__ = [
     "CorruptSampleError",
@@ -134,10 +146,11 @@ _OUTPUTS = ("float", "uint8")
 class LoaderConfig:
     """What to stream and how. `batch_size` is per rank; `epoch_samples` counts locations over all ranks
     (default: the split's size). `cache_dir`/`cache_limit`: keep remote shards in a local LRU cache
-    (limit in bytes or '20G'). `read_attempts`: reads per storage failure before ShardReadError."""
+    (limit in bytes or '20G'). `read_attempts`: reads per storage failure before ShardReadError.
+    `split` is required: the split whose shards a folder gives ("train", ...), "*" for all of them."""
 
     urls: str | list[str]
-    split: str | None = None
+    split: str | None = None  # required (checked below): a folder holds every split of a build
     batch_size: int = 256
     image_size: int = 224
     temporal: bool = True
@@ -157,6 +170,13 @@ class LoaderConfig:
     crop_scale: float = 0.0  # smallest crop area, a fraction of the view (0 = the crop's own: 0.2 / 0.08)
     output: str = "float"  # "uint8": unnormalised 8-bit batches (module doc); decode="defer" ignores it
 
+    def __post_init__(self) -> None:
+        if not self.split:
+            raise GeoSSLError(
+                f"LoaderConfig(urls={self.urls!r}): split is required: name the split to read "
+                f"(e.g. split='train'; split='{ALL_SPLITS}' reads every split of a folder)"
+            )
+
 
 # ------------------------------------------------------------------------------------------- reading
 
@@ -171,9 +191,11 @@ class _Source:
     cache_dir: str | None = None
     cache_limit: int | str = "20G"
     read_attempts: int = 6
+    sha256: list[str] | None = None  # manifest.parquet's per shard (ShardSet.sha256), checked by the cache
 
     def read(self, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
-        """The samples of one slice; retries and the cache are below this line."""
+        """The samples of one slice; retries and the cache are below this line. A shard the cache finds
+        is not the manifest's (its sha256) is left out like select_shards' (strict: refused)."""
         url = self.shards[sl.shard]
         stats = errors.stats
         policy = RetryPolicy(attempts=max(1, self.read_attempts))
@@ -183,9 +205,13 @@ class _Source:
             print(f"geo-ssl loader: {message}", file=sys.stderr, flush=True)
 
         if self.cache_dir and "://" in url and not url.startswith("file://"):
-            stream = ShardCache(self.cache_dir, self.cache_limit, self.storage_options).open(
-                url, policy, on_retry
-            )
+            try:
+                stream = ShardCache(self.cache_dir, self.cache_limit, self.storage_options).open(
+                    url, policy, on_retry, self.sha256[sl.shard] if self.sha256 else ""
+                )
+            except NotTheShardError as exc:
+                _left_out_on_read(exc, sl.stop - sl.start, errors)
+                return
         else:
             stream = open_with_retries(url, self.storage_options, policy, on_retry)
         with stream:
@@ -193,6 +219,20 @@ class _Source:
             for sample in slice_samples(stream, url, sl.start, sl.stop, errors):
                 sample["__url__"] = url
                 yield sample
+
+
+def _left_out_on_read(exc: NotTheShardError, samples: int, errors: SampleErrors) -> None:
+    """A shard found not to be the manifest's when fetched: strict refuses it (one line, exit 2); else its
+    samples count as missing, as those of shards left out before the epoch (_count_left_out), said once."""
+    if errors.strict:
+        raise GeoSSLError(f"{exc}; --strict refuses shards that disagree with manifest.parquet") from None
+    stats = errors.stats
+    stats.corrupt += samples
+    stats.missing += samples
+    if len(stats.errors) < _MAX_ERRORS_KEPT:
+        stats.errors.append(str(exc))
+    if exc.new:
+        print(f"geo-ssl loader: {exc}; left out, its samples counted as missing", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -265,13 +305,17 @@ class _WorkerStream(IterableDataset):
     """In a loader worker, a GeoSSLError travels to the main process as a _Failure item (one line there,
     not a worker traceback); in the main process it is raised as is."""
 
+    # held by the class, not looked up in the module: a stream kept alive until the interpreter exits is
+    # closed after the module's globals were cleared to None (`except None` would raise a TypeError)
+    _shipped: type[BaseException] = GeoSSLError
+
     def _batches(self) -> Iterator:
         raise NotImplementedError
 
     def __iter__(self):
         try:
             yield from self._batches()
-        except GeoSSLError as exc:
+        except self._shipped as exc:
             if get_worker_info() is None:
                 raise
             yield _Failure(exc)
@@ -557,11 +601,34 @@ def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
         del it  # shuts the workers down
 
 
+def _say_left_out(chosen: ShardSet) -> None:
+    """One stderr line per shard left out of the split (shard_list.select_shards), then the samples lost."""
+    for line in chosen.left_out:
+        print(f"geo-ssl loader: {line}; left out", file=sys.stderr, flush=True)
+    if chosen.lost:
+        print(
+            f"geo-ssl loader: {chosen.lost} samples of manifest.parquet are in shards left out: counted as "
+            "missing; --strict refuses",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _count_left_out(stats: LoaderStats, chosen: ShardSet | None) -> None:
+    """Samples of shards left out count as missing (and corrupt) once per pass, as a shard's lacking ones."""
+    if chosen is None or not (chosen.lost or chosen.left_out):
+        return
+    stats.corrupt += chosen.lost
+    stats.missing += chosen.lost
+    stats.errors.extend(chosen.left_out[: max(0, _MAX_ERRORS_KEPT - len(stats.errors))])
+
+
 class StreamingLoader:
     """An epoch of exactly `len(self)` batches per rank; iterate once per epoch after `set_epoch`."""
 
-    def __init__(self, spec: _Spec, num_workers: int):
+    def __init__(self, spec: _Spec, num_workers: int, left_out: ShardSet | None = None):
         self._spec, self.num_workers = spec, num_workers
+        self._left_out = left_out  # rank 0 counts the samples of shards left out, once per epoch
         self.epoch = 0
         self._start_step = 0
         self._epoch_set = True
@@ -594,6 +661,7 @@ class StreamingLoader:
         left = spec.plan.steps - spec.start_step
         if left <= 0:
             return
+        _count_left_out(self.stats, self._left_out)
         it = _items(_TrainStream(spec), self.num_workers)
         try:
             for _ in range(left):
@@ -618,19 +686,24 @@ class EvalLoader:
         strict: bool = False,
         cache_dir: str | None = None,
         cache_limit: int | str = "20G",
+        counts: list[tuple[int, int]] | None = None,
+        left_out: ShardSet | None = None,
+        sha256: list[str] | None = None,
     ):
         self.shards, self.storage_options = shards, storage_options
         self.image_size, self.batch_size, self.all_views = image_size, batch_size, all_views
         self.num_workers = min(num_workers, len(shards))
         self.strict = strict
         self.stats = LoaderStats()
-        self._counts = shard_counts(shards, storage_options)
+        self._counts = counts if counts is not None else shard_counts(shards, storage_options)
+        self._left_out = left_out  # samples of shards left out: counted as missing once per pass
         self._source = _Source(
             shards,
             [s for s, _ in self._counts],
             storage_options,
             cache_dir=cache_dir,
             cache_limit=cache_limit,
+            sha256=sha256,
         )
         self._len: int | None = None
 
@@ -642,6 +715,9 @@ class EvalLoader:
         return self._len
 
     def __iter__(self) -> Iterator[dict]:
+        _count_left_out(self.stats, self._left_out)
+        if not self.shards:  # a rank with no shard of its own (fewer shards than ranks)
+            return
         ds = _EvalStream(self._source, self.image_size, self.batch_size, self.all_views, self.strict)
         for batch, delta in _items(ds, self.num_workers):
             self.stats.add(delta)
@@ -665,17 +741,21 @@ def _train_loader(
         raise GeoSSLError(f"output={cfg.output!r}: choose one of {', '.join(_OUTPUTS)}")
     if cfg.cache_dir:
         ShardCache(cfg.cache_dir, cfg.cache_limit)  # checks the folder and the limit up front
-    shards = resolve_shards(cfg.urls, cfg.split, cfg.storage_options)
-    pairs = shard_counts(shards, cfg.storage_options)
+    chosen = cached_shard_set(cfg.urls, cfg.split, cfg.storage_options, cfg.cache_dir, cfg.strict)
+    if rank == 0:
+        _say_left_out(chosen)
+    shards, pairs = chosen.shards, chosen.counts
     counts = [s for s, _ in pairs]
     augment_for(cfg.crop, cfg.image_size, cfg.crop_scale)  # checks the name and scale up front
     unit_views = None
     if check_unit(cfg.epoch_unit) == "image":  # plan over views: each location once per view
         unit_views = shard_views(shards, pairs, cfg.storage_options)
         counts = unit_counts(unit_views)
-    plan = plan_epoch(counts, cfg.batch_size, world_size, cfg.epoch_samples)
+    plan = replace(plan_epoch(counts, cfg.batch_size, world_size, cfg.epoch_samples), lost=chosen.lost)
     n_workers = max(1, min(cfg.num_workers, plan.steps))
-    source = _Source(shards, counts, cfg.storage_options, cfg.cache_dir, cfg.cache_limit, cfg.read_attempts)
+    source = _Source(
+        shards, counts, cfg.storage_options, cfg.cache_dir, cfg.cache_limit, cfg.read_attempts, chosen.sha256
+    )
     spec = _Spec(
         source=source,
         plan=plan,
@@ -697,7 +777,7 @@ def _train_loader(
         crop_scale=cfg.crop_scale,
         output=cfg.output,
     )
-    return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0)
+    return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0, chosen if rank == 0 else None)
 
 
 def pretrain_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> StreamingLoader:
@@ -723,14 +803,27 @@ def eval_loader(
     strict: bool = False,
     cache_dir: str | None = None,
     cache_limit: int | str = "20G",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvalLoader:
     """Dict items {"image": float32 [B, 3, S, S], "category", "geo_cluster": int64 [B], "key"}; eval transform
     (Resize(S) + CenterCrop(S) + ImageNet normalisation). Keys are `{key}/{NN}` per view with
     all_views=True (every stored view), else the location key with its first (oldest) view. Skipped
-    samples are counted in `.stats` (strict=True raises instead)."""
-    shards = resolve_shards(urls, split, storage_options)
+    samples are counted in `.stats` (strict=True raises instead), with those of shards left out for not
+    matching manifest.parquet (shard_list.select_shards; strict=True refuses them).
+
+    rank/world_size: rank r reads shards r, r + world_size, ... of the split, a disjoint part (a rank may
+    get none when there are fewer shards than ranks); the default reads the whole split. The trainer's
+    kNN monitor does not split: it runs on rank 0 over the whole bank and query splits while the other
+    ranks wait (training/trainer/loop.py)."""
+    if not 0 <= rank < world_size:
+        raise GeoSSLError(f"rank {rank} is outside world_size {world_size}")
+    chosen = cached_shard_set(urls, split, storage_options, cache_dir, strict)  # the store may be down
+    if rank == 0:
+        _say_left_out(chosen)
+    mine = range(rank, len(chosen.shards), world_size)
     return EvalLoader(
-        shards,
+        [chosen.shards[i] for i in mine],
         storage_options,
         image_size,
         batch_size,
@@ -739,4 +832,7 @@ def eval_loader(
         strict,
         cache_dir,
         cache_limit,
+        counts=[chosen.counts[i] for i in mine],
+        left_out=chosen if rank == 0 else None,
+        sha256=[chosen.sha256[i] for i in mine] if chosen.sha256 else None,
     )

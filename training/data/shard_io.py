@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import EXIT_STORAGE, EXIT_USAGE
 from geo_ssl.training.data.shard_list import open_shard
 
 
@@ -19,6 +20,11 @@ class ShardReadError(GeoSSLError):
     """A shard could not be read after the retries (storage down, credentials, network)."""
 
     transient = False  # True: the store did not answer (worth a later retry), not a refusal
+
+    @property
+    def exit_code(self) -> int:
+        """The CLIs' exit status: 3 (storage kept failing, rerun later) when transient, else 2."""
+        return EXIT_STORAGE if self.transient else EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -154,10 +160,12 @@ class RetryingStream:
         failures += 1
         if not _transient(exc) or failures >= self.policy.attempts:
             tried = f" after {failures} attempts" if _transient(exc) else ""
-            raise ShardReadError(
+            err = ShardReadError(
                 f"shard {self.url}: {what} failed at byte {self.pos}{tried} ({type(exc).__name__}: {exc}); "
                 "the samples read so far are kept, rerun with --resume once storage answers"
-            ) from exc
+            )
+            err.transient = _transient(exc)
+            raise err from exc
         wait = self.policy.wait(failures)
         self._on_retry(
             f"shard {self.url}: {what} at byte {self.pos} failed ({type(exc).__name__}), retry in {wait:.2f} s"

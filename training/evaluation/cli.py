@@ -16,12 +16,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import fsio, storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.retry import StorageError
+from geo_ssl.pipeline.common.retry import EXIT_USAGE, explain_failure, retry_io
 from geo_ssl.training.trainer.config import ARCH_NAMES
 from geo_ssl.training.trainer.run_folder import output_problem
 
@@ -46,12 +46,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     storage.add_storage_flags(p)  # --weights, --data and --out may be s3:// etc. URLs
 
 
+EPILOG = (
+    "exit status: 0 done, 2 bad flag or input (one line on stderr), 3 object storage kept failing after "
+    "retries (one line; rerun when it answers)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geo-eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="geo-eval", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
-        "linear-probe", help="train a linear classifier on frozen features (MoCo/GASSL protocol)"
+        "linear-probe",
+        help="train a linear classifier on frozen features (MoCo/GASSL protocol)",
+        epilog=EPILOG,
     )
     _common(p)
     p.add_argument("--train-split", default="train")
@@ -67,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=0, help="cap on training images (0 = all)")
     p.add_argument("--max-val", type=int, default=0, help="cap on validation images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("knn", help="weighted kNN (cosine) with the bank split's labels")
+    _same_split_flag(p, "--val-split", "--train-split")
+    p = sub.add_parser("knn", help="weighted kNN (cosine) with the bank split's labels", epilog=EPILOG)
     _common(p)
     p.add_argument("--bank-split", default="train")
     p.add_argument("--query-split", default="val")
@@ -75,7 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t", type=float, default=0.1)
     p.add_argument("--max-bank", type=int, default=0, help="cap on bank images (0 = all)")
     p.add_argument("--max-query", type=int, default=0, help="cap on query images (0 = all)")
+    _same_split_flag(p, "--query-split", "--bank-split")
     return parser
+
+
+def _same_split_flag(p: argparse.ArgumentParser, held_out: str, fitted: str) -> None:
+    p.add_argument("--allow-same-split", action="store_true",
+                   help=f"let {held_out} equal {fitted} (a smoke test on data with one split: the images "
+                        "scored are the ones fitted, so top-1 says nothing about the features)")  # fmt: skip
+
+
+def _splits(args: argparse.Namespace) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((flag, split) fitted on, (flag, split) scored) of the command."""
+    if args.command == "linear-probe":
+        return ("--train-split", args.train_split), ("--val-split", args.val_split)
+    return ("--bank-split", args.bank_split), ("--query-split", args.query_split)
+
+
+def _same_split(args: argparse.Namespace) -> bool:
+    (_, fit), (_, score) = _splits(args)
+    return fit == score
 
 
 def _loader(args: argparse.Namespace, split: str):
@@ -119,9 +147,18 @@ def check_args(args: argparse.Namespace) -> None:
             bad("--weight-decay", args.weight_decay, "must be a finite number >= 0")
         if args.probe_batch_size <= 0:
             bad("--probe-batch-size", args.probe_batch_size, "must be > 0")
+    (fit_flag, _), (score_flag, score) = _splits(args)
+    if _same_split(args) and not args.allow_same_split:
+        # kNN: every query is its own nearest neighbour (top-1 jumped from 0% to 84.9%); linear probe:
+        # training accuracy. Neither measures the features on held-out images.
+        raise GeoSSLError(
+            f"{score_flag} {score}: the same split as {fit_flag}, so every scored image was also fitted on "
+            f"and top-1 is meaningless; give a held-out split, or --allow-same-split for a smoke test"
+        )
     if args.out:
-        if not fsio.is_local(args.out):
-            return  # object storage: written in one PUT at the end
+        if not fsio.is_local(args.out):  # object storage: written in one PUT at the end; reachable now?
+            retry_io(lambda: fsio.exists(args.out), f"--out {args.out}: checking the bucket")
+            return
         problem = output_problem(args.out, folder=False)
         if problem:
             raise GeoSSLError(f"--out {args.out}: {problem}")
@@ -166,10 +203,28 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         eval=args.command, weights=args.weights, data=args.data, image_size=args.image_size,
         seconds=round(time.time() - t0, 2), backbone=meta,
     )  # fmt: skip
+    if _same_split(args):
+        result["same_split"] = True  # --allow-same-split: the JSON says so too
     loaders = args.__dict__.get("_loaders", [])
     result.update(skipped_samples=sum(ld.stats.corrupt for ld in loaders),
                   skipped_errors=[e for ld in loaders for e in ld.stats.errors][:5])  # fmt: skip
     return result
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"geo-eval: error: {storage.redact(message)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _write_result(out: str, result: dict[str, Any]) -> None:
+    text = json.dumps(result, indent=1, sort_keys=True, default=str) + "\n"
+    if not fsio.is_local(out):  # an upload: retried, then StorageError (exit 3)
+        retry_io(lambda: fsio.atomic_write_text(out, text), f"--out {out}: writing the result")
+        return
+    try:
+        fsio.atomic_write_text(out, text)
+    except OSError as exc:
+        raise GeoSSLError(f"--out {out}: cannot write the result ({exc.strerror or exc})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -177,21 +232,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         storage.configure_from_args(args)
         check_args(args)
+        if _same_split(args):
+            print("geo-eval: warning: --allow-same-split: the scored images are the fitted ones; "
+                  "top-1 says nothing about held-out images", file=sys.stderr)  # fmt: skip
         result = evaluate(args)
         if args.out:
-            try:
-                text = json.dumps(result, indent=1, sort_keys=True, default=str) + "\n"
-                fsio.atomic_write_text(args.out, text)
-            except OSError as exc:
-                raise GeoSSLError(
-                    f"--out {args.out}: cannot write the result ({exc.strerror or exc})"
-                ) from None
-    except (GeoSSLError, ValueError) as exc:
-        print(f"geo-eval: error: {storage.redact(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except StorageError as exc:  # storage kept failing after retries: one line, rerun later
-        print(f"geo-eval: error: {storage.redact(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+            _write_result(args.out, result)
+    except (GeoSSLError, ValueError) as exc:  # a shard the store did not serve (ShardReadError): exit 3
+        _fail(str(exc), getattr(exc, "exit_code", EXIT_USAGE))
+    except Exception as exc:  # storage down or refusing the credentials: one line (codes in retry.py)
+        explained = explain_failure(exc)
+        if explained is None:
+            raise
+        _fail(*explained)
     where = f" -> {args.out}" if args.out else ""
     if result.get("skipped_samples"):
         print(f"geo-eval: skipped {result['skipped_samples']} unreadable samples "

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,52 @@ def _data_description(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+#: checkpoint.FORMAT, looked for in a torch file's pickle without importing torch
+_TRAINING_FORMAT = b"geo-ssl-pretrain"
+
+
+def refuse_overwriting_input(src: str, dst: str) -> None:
+    """GeoSSLError when writing `dst` would destroy `src` (the same file) or a training checkpoint: a
+    backbone written over RUN/checkpoint-last.pt left the run impossible to --resume."""
+    if _same_file(src, dst):
+        raise GeoSSLError(f"{dst}: is the input checkpoint; writing the backbone there would destroy it")
+    if _is_training_checkpoint(dst):
+        raise GeoSSLError(
+            f"{dst}: is a geo-pretrain training checkpoint (--resume needs it); choose another output path"
+        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    if fsio.is_local(a) != fsio.is_local(b):
+        return False
+    if not fsio.is_local(a):
+        (fs_a, path_a), (fs_b, path_b) = fsio.get_fs(a), fsio.get_fs(b)
+        return fs_a.protocol == fs_b.protocol and path_a.rstrip("/") == path_b.rstrip("/")
+    path_a, path_b = fsio.get_fs(a)[1], fsio.get_fs(b)[1]
+    try:
+        return os.path.samefile(path_a, path_b)  # links and other spellings of one file too
+    except OSError:  # one of them does not exist (yet)
+        return os.path.abspath(path_a) == os.path.abspath(path_b)
+
+
+def _is_training_checkpoint(url: str) -> bool:
+    """Whether `url` is a geo-pretrain checkpoint: a torch zip whose pickle names the format (read without
+    loading its tensors: a few KB of a 100+ MB file)."""
+    try:
+        fs, path = fsio.get_fs(url)
+        if not fs.isfile(path):
+            return False
+        with fs.open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                return any(_TRAINING_FORMAT in archive.read(n) for n in pickles[:1])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False  # unreadable or not a zip: not a checkpoint we must protect (it is replaced atomically)
+
+
 def _write(url: str, data: bytes) -> None:
     try:
         fsio.atomic_write_bytes(url, data)
@@ -202,6 +249,7 @@ def export_backbone(
     paths = card_paths(dst)
     for path in (dst, *paths.values()):
         check_destination(path)
+        refuse_overwriting_input(src, path)
     content, _ = read_weights(src, trusted=trusted)
     backbone, meta = backbone_state_dict(content, where=src)
     del content

@@ -3,6 +3,10 @@
 Features are the backbone's pooled features, L2-normalised; a query's label is the class with the most
 weight among its k most cosine-similar bank features, each weighing exp(similarity / T). Defaults are
 k=200, T=0.1. Used as the online monitor during pretraining and by `geo-eval knn`.
+
+The pretraining monitor runs on rank 0 only, over the whole bank and query splits (its eval loaders are
+not split over ranks; the other ranks wait at a barrier). `eval_loader(rank=, world_size=)` gives each
+rank a disjoint part of a split for code that gathers features itself.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import retry_io
 
 if TYPE_CHECKING:
     import torch
@@ -70,13 +71,13 @@ def read_weights(url: str, trusted: bool = False) -> tuple[dict[str, Any], str]:
     A safetensors file comes back as its tensors plus, under `__metadata__`, its string metadata.
     """
     fs, path = fsio.get_fs(url)
-    if not fs.exists(path):
+    # an unreachable store raises retry.StorageError (exit 3), missing credentials one (exit 2)
+    if not retry_io(lambda: fs.exists(path), f"reading {url}"):
         raise GeoSSLError(f"{url}: checkpoint not found")
-    if fs.isdir(path):
+    if retry_io(lambda: fs.isdir(path), f"reading {url}"):
         raise GeoSSLError(f"{url} is a directory, not a checkpoint file")
     try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
+        data = fsio.read_bytes(url)
     except OSError as exc:
         raise GeoSSLError(f"{url}: cannot read ({exc.strerror or exc})") from None
     kind = sniff(data[:32], len(data))

@@ -5,21 +5,21 @@
     torchrun --nproc_per_node 8 -m geo_ssl.training.trainer.cli --config run.toml
 
 A TOML file sets any field (same names, e.g. `batch_size = 256`); flags override it. Exit status: 0 done,
-2 bad config or input, 143 stopped by SIGTERM after writing a checkpoint (continue with --resume).
+2 bad config or input (or no space for a checkpoint), 3 storage kept failing, 143 / 130 stopped by SIGTERM /
+SIGINT (Ctrl-C) after writing a checkpoint (continue with --resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import storage
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.retry import StorageError
+from geo_ssl.pipeline.common.retry import EXIT_USAGE, explain_failure
 from geo_ssl.pipeline.common.storage import add_storage_flags
 from geo_ssl.training.trainer.config import add_config_flags, config_from_args
 from geo_ssl.training.trainer.preflight import preflight
@@ -27,16 +27,32 @@ from geo_ssl.training.trainer.preflight import preflight
 EPILOG = """\
 stopping and resuming:
   SIGTERM (to the main process or to the whole process group, e.g. Slurm, systemd, timeout,
-  kill -TERM -- -PGID) finishes the current step, writes checkpoint-last.pt at that step and exits
-  143; the loader workers ignore it. After kill -9, --resume continues from the last checkpoint
-  (every --ckpt-every steps and each epoch end). `--out RUN --resume` alone continues a run: the
-  rest of its config comes from RUN/config.toml, except --max-steps, which limits one invocation
-  only (a plain --resume runs to the planned end; give --max-steps again to stop earlier).
-  One run at a time per --out (a lock file); temp files of a killed run are removed at the next start.
+  kill -TERM -- -PGID) or SIGINT (Ctrl-C) finishes the current step, writes checkpoint-last.pt at that
+  step and exits 143 (SIGTERM) or 130 (SIGINT); the loader workers ignore both. After kill -9,
+  --resume continues from the last checkpoint (written every --ckpt-every steps, and at the end).
+  `--out RUN --resume` alone continues a run: the rest of its config comes from RUN/config.toml,
+  except --max-steps, which limits one invocation only (a plain --resume runs to the planned end;
+  give --max-steps again to stop earlier). One run at a time per --out (a lock file); temp files of
+  a killed run are removed at the next start. A disk without room for the next checkpoint (checked
+  before each one) stops the run with one line naming the folder (exit 2); the previous checkpoint
+  is kept and the loader workers end.
 
-exit status: 0 done (or nothing left to train), 2 bad config or input (one line on stderr),
-  3 storage kept failing after retries (rerun later), 143 stopped by SIGTERM after writing a checkpoint.
+checkpoint history: each --ckpt-every checkpoint is also kept as RUN/checkpoint-step{STEP:08d}.pt
+  (a hard link to checkpoint-last.pt in a local folder, a copy in a bucket); the --keep-checkpoints
+  newest stay (default 2, 0 = none), and the --save-steps ones (e.g. 1000,5000) for good. geo-eval
+  and geo-export read them like checkpoint-last.pt; --resume always continues from checkpoint-last.pt.
+
+data path: --data-path cpu (the default) decodes and augments in the loader workers; --data-path gpu
+  (nvJPEG + batched augmentation on the training device) is opt-in until a GPU benchmark shows it
+  matches the CPU path's augmentation statistics and is faster.
+
+exit status: 0 done (or nothing left to train), 2 bad config or input, or no space for a checkpoint
+  (one line on stderr), 3 storage kept failing after retries (rerun later), 143 / 130 stopped by
+  SIGTERM / SIGINT after writing a checkpoint (continue with --resume).
 """
+
+
+EXIT_SIGINT = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,14 +89,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         from geo_ssl.training.trainer.loop import pretrain
 
         result = pretrain(cfg)
-    except GeoSSLError as exc:
+    except GeoSSLError as exc:  # a shard the store stopped serving (ShardReadError) has exit_code 3
         print(f"geo-pretrain: error: {storage.redact(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except StorageError as exc:  # storage kept failing after retries: one line, rerun (--resume) later
-        print(f"geo-pretrain: error: {storage.redact(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+    except Exception as exc:  # storage kept failing or refused the credentials: one line (see retry.py)
+        explained = explain_failure(exc)
+        if explained is None:
+            raise
+        print(f"geo-pretrain: error: {storage.redact(explained[0])}", file=sys.stderr)
+        sys.exit(explained[1])
+    except KeyboardInterrupt:  # Ctrl-C before the run took SIGINT over (while starting): nothing trained
+        print("geo-pretrain: interrupted before training started", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
     if result["interrupted"]:
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + result["signal"])  # 143 SIGTERM, 130 SIGINT
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ class PretrainConfig:
         ("location", "image"),
     )  # fmt: skip
     data_path: str = _f(  # the GPU data path (geo_ssl.training.data.gpu_augment)
-        "auto", "where JPEGs are decoded and augmented: gpu (nvJPEG + batched ops on the device), cpu "
-        "(loader workers), auto = gpu when training on CUDA", ("auto", "cpu", "gpu"),
+        "cpu", "where JPEGs are decoded and augmented: cpu (loader workers), gpu (nvJPEG + batched ops on the "
+        "device; opt-in until a GPU benchmark shows it equal to the CPU path and faster), auto = cpu for now",
+        ("auto", "cpu", "gpu"),
     )  # fmt: skip
     # method and model
     method: str = _f("moco+geo+tp", "SSL method", METHOD_NAMES)
@@ -107,7 +108,15 @@ class PretrainConfig:
     deterministic: bool = _f(False, "torch deterministic algorithms (slower; for exact reproduction)")
     # logging, checkpoints, monitors
     log_every: int = _f(10, "steps between metric records")
-    ckpt_every: int = _f(500, "steps between checkpoints (also at each epoch end, on SIGTERM and at the end)")
+    ckpt_every: int = _f(500, "steps between checkpoints (also on SIGTERM/SIGINT and at the end)")
+    keep_checkpoints: int = _f(
+        2, "keep the N newest --ckpt-every checkpoints as checkpoint-step{STEP:08d}.pt besides "
+        "checkpoint-last.pt (hard links in a local folder; 0 = checkpoint-last.pt only)",
+    )  # fmt: skip
+    save_steps: str = _f(
+        "", "steps whose checkpoints are kept for good as checkpoint-step{STEP:08d}.pt, e.g. 1000,5000 "
+        "(also off the --ckpt-every grid; never pruned; --resume adds to the run's earlier ones)",
+    )  # fmt: skip
     knn_every: int = _f(1, "epochs between kNN monitor runs (0 = off)")
     knn_every_steps: int = _f(0, "steps between kNN monitor runs (0 = only per epoch)")
     knn_data: str = _f("", "shards for the kNN monitor (default: --data)")
@@ -124,7 +133,12 @@ class PretrainConfig:
 
     @property
     def base_lr(self) -> float:
-        return self.lr if self.lr > 0 else 0.03 * self.batch_size / 256
+        return base_lr(self.lr, self.batch_size)
+
+
+def base_lr(lr: float, batch_size: int) -> float:
+    """--lr, or with 0 MoCo's linear scaling rule: 0.03 x batch_size / 256."""
+    return lr if lr > 0 else 0.03 * batch_size / 256
 
 
 #: Fields that define the run; `--resume` refuses a config that changes them.
@@ -135,8 +149,40 @@ RUN_DEFINING = (
 )  # fmt: skip
 
 
+def run_defining(values: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """The RUN_DEFINING fields of a config's `values`, each 'auto' (0) replaced by what it resolved to (lr by
+    the scaling rule; n_clusters and bn_splits by `resolved`, a checkpoint's), so that `--resume` with an
+    explicit value equal to the one auto chose is no change."""
+    out = {k: values.get(k) for k in RUN_DEFINING}
+    for k in ("n_clusters", "bn_splits"):
+        if not out[k] and resolved.get(k) is not None:
+            out[k] = resolved[k]
+    if not out["lr"] and isinstance(out["batch_size"], int):
+        out["lr"] = base_lr(0.0, out["batch_size"])
+    return out
+
+
+def changed_fields(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ (floats compared to 1e-9 relative: a value written to TOML and read back,
+    or computed by the scaling rule, is the same value)."""
+
+    def same(a: Any, b: Any) -> bool:
+        floats = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) if floats else a == b
+
+    return [k for k in now if not same(saved.get(k), now[k])]
+
+
 #: Fields that limit one invocation only; `--resume` does not take them from the run's saved config.
 PER_INVOCATION = ("max_steps",)
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """The step numbers of --save-steps ('1000,5000'); GeoSSLError unless each is an integer > 0."""
+    parts = [p.strip() for p in text.split(",")] if text.strip() else []
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise GeoSSLError(f"config: save_steps = {text!r}: give step numbers > 0, e.g. 1000,5000")
+    return tuple(sorted({int(p) for p in parts}))
 
 
 def _check_type(name: str, value: Any, default: Any, where: str) -> Any:
@@ -161,6 +207,9 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> PretrainC
     if unknown:
         raise GeoSSLError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
     defaults = PretrainConfig()
+    steps = values.get("save_steps")
+    if isinstance(steps, list):  # TOML: save_steps = [1000, 5000]
+        values = {**values, "save_steps": ",".join(str(s) for s in steps)}
     typed = {k: _check_type(k, v, getattr(defaults, k), where) for k, v in values.items()}
     return PretrainConfig(**typed)
 
@@ -234,9 +283,11 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         if getattr(cfg, name) <= 0:
             bad(f"{name} = {getattr(cfg, name)} must be > 0")
     for name in ("num_workers", "epoch_samples", "max_steps", "warmup_steps", "n_clusters", "bn_splits",
-                 "knn_every", "knn_every_steps", "knn_bank_samples", "knn_query_samples", "shuffle_buffer"):  # fmt: skip
+                 "knn_every", "knn_every_steps", "knn_bank_samples", "knn_query_samples", "shuffle_buffer",
+                 "keep_checkpoints"):  # fmt: skip
         if getattr(cfg, name) < 0:
             bad(f"{name} = {getattr(cfg, name)} must be >= 0")
+    parse_steps(cfg.save_steps)
     for f in fields(PretrainConfig):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):

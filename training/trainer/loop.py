@@ -2,8 +2,9 @@
 
 Per step: next batch (timed: the data-wait share) -> forward under autocast (CUDA only) -> SGD step ->
 per-step lr schedule. Every `log_every` steps a record goes to metrics.jsonl and TensorBoard; every
-`ckpt_every` steps, at each epoch end, on SIGTERM and at the end the run is checkpointed atomically
-(model incl. the MoCo queue, optimizer, scheduler, grad scaler, step/epoch and every rank's RNG states).
+`ckpt_every` steps, on SIGTERM or SIGINT and at the end the run is checkpointed atomically (model incl.
+the MoCo queue, optimizer, scheduler, grad scaler, step/epoch and every rank's RNG states). Not at each
+epoch end: a checkpoint resumes mid-epoch exactly, and short epochs made that 100+ MB per epoch.
 `--resume` replays the current epoch's data order and skips the batches already trained on, then
 restores the RNG states, so with a deterministic loader the continued run matches an uninterrupted one.
 """
@@ -16,6 +17,8 @@ import os
 import signal
 import sys
 import time
+import traceback
+import warnings
 from typing import Any
 
 import torch
@@ -40,16 +43,21 @@ from geo_ssl.training.trainer.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     LAST,
+    keep_copy,
     load_checkpoint,
+    prune_kept,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    step_name,
 )
 from geo_ssl.training.trainer.config import (
     RUN_CONFIG,
-    RUN_DEFINING,
     PretrainConfig,
+    changed_fields,
+    parse_steps,
     resolved_bn_splits,
+    run_defining,
 )
 from geo_ssl.training.trainer.distributed import (
     DistContext,
@@ -75,9 +83,26 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainer = Trainer(cfg, ctx)
     try:
         return trainer.run()
+    except BaseException as exc:
+        drop_frames(exc)
+        raise
     finally:
         trainer.release()
         shutdown(ctx)
+
+
+def drop_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in `exc`'s tracebacks (and those of its causes).
+
+    A traceback keeps the loop's frame, and in it the epoch's batch iterator, alive: its loader workers
+    (forked with SIGTERM and SIGINT blocked, see signals.py) outlive the error, and the interpreter's exit waits
+    on them for good (a disk full during a checkpoint hung for 12+ minutes). Dropping the locals closes
+    the iterator, which shuts its workers down; the traceback still prints."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -108,6 +133,7 @@ class Trainer:
         self.last_knn: dict[str, Any] | None = None
         self._pending_rng: dict[str, torch.Tensor] | None = None
         self._lock: RunLock | None = None
+        self.save_steps: frozenset[int] = frozenset()  # --save-steps, parsed once validated
         self.store = RunStore(cfg.out)  # --out on object storage: a local run cache, uploaded (run_store.py)
 
     def release(self) -> None:
@@ -143,10 +169,12 @@ class Trainer:
             if ckpt.get("format") != FORMAT:
                 raise GeoSSLError(f"{self.ckpt_url}: not a geo-pretrain checkpoint")
             # a field added after the checkpoint was written counts as its default
-            saved = {**_DEFAULTS, **ckpt["config"]}
-            changed = [k for k in RUN_DEFINING if saved.get(k) != getattr(cfg, k)]
+            # an 'auto' field compares as what it resolved to (--n-clusters 4 where auto chose 4 is no change)
+            saved = run_defining({**_DEFAULTS, **ckpt["config"]}, ckpt)
+            now = run_defining(cfg.as_dict(), ckpt)
+            changed = changed_fields(saved, now)
             if changed:
-                diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                diffs = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
                 raise GeoSSLError(
                     f"--resume: config differs from the checkpoint's ({diffs}); use a new --out"
                 )
@@ -156,6 +184,10 @@ class Trainer:
             raise GeoSSLError(
                 f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out"
             )
+        # --save-steps are kept for good: a --resume that names others adds them, never drops earlier ones
+        earlier = parse_steps(str(ckpt["config"].get("save_steps", ""))) if ckpt else ()
+        self.save_steps = frozenset(parse_steps(cfg.save_steps) + earlier)
+        self.cfg = dataclasses.replace(cfg, save_steps=",".join(map(str, sorted(self.save_steps))))
         return ckpt
 
     def _build(self, ckpt: dict[str, Any] | None) -> None:
@@ -214,7 +246,10 @@ class Trainer:
             # broadcast_buffers=False: every rank enqueues the same gathered keys, so the queues agree
             # without sending 8 MB-32 MB per step; BN running stats stay per rank (rank 0's are saved).
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+            # torch deprecates the flag (a FutureWarning per rank) but advises it for rank-local buffers
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+                self.ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
         self._monitor_loaders = self._make_monitor_loaders() if ctx.is_main else None
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -241,7 +276,8 @@ class Trainer:
 
         data = cfg.knn_data or cfg.data
         bs = max(32, cfg.batch_size // self.ctx.world_size)
-        kw = dict(image_size=cfg.image_size, batch_size=bs, num_workers=cfg.num_workers, all_views=False)
+        kw = dict(image_size=cfg.image_size, batch_size=bs, num_workers=cfg.num_workers, all_views=False,
+                  cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit)  # fmt: skip
         return (
             eval_loader(data, split=cfg.knn_bank_split, **kw),
             eval_loader(data, split=cfg.knn_query_split, **kw),
@@ -281,9 +317,19 @@ class Trainer:
             "metrics": {k: v for k, v in self.last_record.items() if isinstance(v, int | float | str)},
         }
         save_checkpoint(self.ckpt_url, payload)
+        self._keep_history()
         if self.store.remote and self.log:  # metrics and TensorBoard follow the checkpoint to the bucket
             self.log.flush()
             self.store.push()
+
+    def _keep_history(self) -> None:
+        """Keep the checkpoint just written as checkpoint-step{STEP}.pt when it is a --ckpt-every one (the
+        --keep-checkpoints newest of those stay) or a --save-steps one (kept for good). Stops and --max-steps
+        ends are not kept: off the grid, they would push a regular one out of the newest N."""
+        cfg, step = self.cfg, self.step
+        if step > 0 and (step in self.save_steps or (cfg.keep_checkpoints and step % cfg.ckpt_every == 0)):
+            keep_copy(self.ckpt_url, fsio.join(cfg.out, step_name(step)))
+        prune_kept(cfg.out, cfg.keep_checkpoints, self.save_steps)
 
     def _knn_monitor(self) -> None:
         """kNN top-1 of the query encoder's pooled features (rank 0; training RNG streams untouched)."""
@@ -344,7 +390,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        # SIGTERM is a stop request from here on, during the setup too (a clean exit 143, not a kill).
+        # SIGTERM and SIGINT are stop requests from here on, during the setup too (a clean exit 143 / 130).
         with StopSignal() as stop:
             return self._run(stop)
 
@@ -356,7 +402,7 @@ class Trainer:
         if ctx.is_main:
             self.store.prepare(resume=bool(cfg.resume))
             os.makedirs(self.store.local, exist_ok=True)
-            fsio.atomic_write_text(fsio.join(cfg.out, RUN_CONFIG), config_toml(cfg))
+            fsio.atomic_write_text(fsio.join(cfg.out, RUN_CONFIG), config_toml(self.cfg))
         resume_step = self.step if cfg.resume else None
         self.log = RunLog(self.store.local, resume_step=resume_step) if ctx.is_main else None
         self.t_start = time.time()
@@ -468,7 +514,8 @@ class Trainer:
                             self._knn_monitor()
                     if not ctx.distributed:
                         stopping = stop.received is not None
-                if stopping or end_of_epoch or self.step % cfg.ckpt_every == 0 or self.step == self.stop_at:
+                due = self.step % cfg.ckpt_every == 0 or self.step in self.save_steps
+                if stopping or due or self.step == self.stop_at:
                     self._checkpoint()
                 if stopping:
                     return stop.received or signal.SIGTERM
@@ -494,6 +541,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "epoch": self.epoch,
             "interrupted": stopped is not None,
+            "signal": stopped,
             "checkpoint": self.ckpt_url,
             "metrics": fsio.join(self.cfg.out, "metrics.jsonl"),
             "last": self.last_record,

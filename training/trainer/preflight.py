@@ -11,7 +11,7 @@ import os
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.retry import retry_io
+from geo_ssl.pipeline.common.retry import StorageError, retry_io
 from geo_ssl.training.trainer.config import PretrainConfig, validate
 from geo_ssl.training.trainer.run_folder import output_problem
 
@@ -21,6 +21,7 @@ def preflight(cfg: PretrainConfig, world_size: int = 1) -> None:
     fits in the split and that --n-clusters covers the data's clusters."""
     validate(cfg, world_size)
     check_data_exists(cfg.data)
+    check_data_card(cfg.data)
     if fsio.is_local(cfg.out):
         problem = output_problem(cfg.out, folder=True)
         if problem:
@@ -29,14 +30,19 @@ def preflight(cfg: PretrainConfig, world_size: int = 1) -> None:
         retry_io(lambda: fsio.exists(cfg.out), f"--out {cfg.out}: checking the run folder")
     check_batch_fits(cfg, world_size)
     check_n_clusters(cfg)
+    check_temporal_positives(cfg)
 
 
 def check_batch_fits(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Refuse a global batch larger than the split: it would hold the same location twice (a false
-    negative for the contrastive loss) and, for a huge batch, grow memory until the run is killed."""
-    from geo_ssl.training.data.shard_list import resolve_shards, shard_counts
+    negative for the contrastive loss) and, for a huge batch, grow memory until the run is killed.
+    Counts only the shards the loader will read (matching manifest.parquet); --strict refuses the others
+    here, before torch is imported."""
+    from geo_ssl.training.data.listing_cache import cached_shard_set
 
-    locations = sum(int(samples) for samples, _ in shard_counts(resolve_shards(cfg.data, cfg.split)))
+    # with --cache-dir, the list kept there when the store is down (README: the cached copy is used)
+    chosen = cached_shard_set(cfg.data, cfg.split, cache_dir=cfg.cache_dir or None, strict=cfg.strict)
+    locations = sum(int(samples) for samples, _ in chosen.counts)
     if cfg.batch_size > locations:
         per_rank = (
             f" ({cfg.batch_size // world_size} per rank x {world_size} ranks)" if world_size > 1 else ""
@@ -60,12 +66,42 @@ def check_n_clusters(cfg: PretrainConfig) -> None:
         )
 
 
+def check_temporal_positives(cfg: PretrainConfig) -> None:
+    """A +tp method on shards whose card says they hold one image per sample or per location (--layout
+    views, GeoImageNet) would train on the query's own image as its key: refused here, before torch."""
+    if cfg.method.endswith("+tp"):
+        from geo_ssl.pipeline.shards.sample_extras import refuse_temporal
+
+        refuse_temporal(cfg.data, cfg.method)
+
+
 def check_data_exists(data: str) -> None:
     """A local --data that is not there: say so (before any cluster count or card is looked for)."""
     if not data or "{" in data or not fsio.is_local(data):
         return
     if not os.path.exists(fsio.get_fs(data)[1]):
         raise GeoSSLError(f"--data {data}: no shards at {data} (no such file or folder)")
+
+
+def check_data_card(data: str) -> None:
+    """A dataset.json beside the shards that `geo-build-dataset validate` would report (a JSON list, a
+    string, broken JSON, fields of the wrong type) is refused on one line: the readers of the card
+    (cluster count, temporal positives) expect its fields. No card, or a store that does not answer
+    (the shard listing reports that, or uses --cache-dir's copy), is no refusal here."""
+    from geo_ssl.pipeline.shards.card import check_card
+
+    if not isinstance(data, str) or "{" in data or data.endswith(".tar"):
+        return  # a shard pattern: no card beside it
+    url = fsio.join(data, "dataset.json")
+    try:
+        text = fsio.read_bytes(url)
+    except (OSError, StorageError):
+        return
+    try:
+        card = json.loads(text)
+    except ValueError as exc:
+        raise GeoSSLError(f"{url}: bad dataset card: not valid JSON ({exc})") from None
+    check_card(card, url)
 
 
 def data_cluster_count(data: str) -> tuple[int, str]:

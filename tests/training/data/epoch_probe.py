@@ -74,7 +74,7 @@ def matrix(shards: str, out: str, batch_size: int) -> None:
 
         def cfg(seed: int, workers: int = workers) -> LoaderConfig:
             return LoaderConfig(
-                shards, batch_size=batch_size, image_size=16, num_workers=workers, shuffle_buffer=4,
+                shards, split="train", batch_size=batch_size, image_size=16, num_workers=workers, shuffle_buffer=4,
                 seed=seed, decode="defer",
             )  # fmt: skip
 

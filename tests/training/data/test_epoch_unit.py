@@ -33,7 +33,15 @@ def shards(tmp_path_factory) -> tuple[str, dict[str, int]]:
 
 
 def _cfg(urls: str, batch: int, **kw) -> LoaderConfig:
-    base = dict(batch_size=batch, image_size=16, num_workers=0, shuffle_buffer=8, seed=0, decode="defer")
+    base = dict(
+        split="train",
+        batch_size=batch,
+        image_size=16,
+        num_workers=0,
+        shuffle_buffer=8,
+        seed=0,
+        decode="defer",
+    )
     base.update(kw)
     return LoaderConfig(urls=urls, **base)
 

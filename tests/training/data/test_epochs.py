@@ -43,7 +43,9 @@ def _all_keys(folder) -> list[str]:
 
 
 def _cfg(urls: str, **kw) -> LoaderConfig:
-    base = dict(batch_size=5, image_size=S, num_workers=0, shuffle_buffer=4, seed=0, decode="defer")
+    base = dict(
+        split="train", batch_size=5, image_size=S, num_workers=0, shuffle_buffer=4, seed=0, decode="defer"
+    )
     base.update(kw)
     return LoaderConfig(urls=urls, **base)
 
@@ -65,7 +67,9 @@ def test_remainder_below_one_global_batch_is_dropped_and_reported(tmp_path):
     cfg = _cfg(str(tmp_path), batch_size=4)
     loader = pretrain_loader(cfg, rank=0, world_size=2)
     plan = loader.plan.as_dict()
-    assert plan == dict(samples=29, used=24, global_batch=8, steps=3, remainder=5, remainder_policy="drop")
+    assert plan == dict(
+        samples=29, used=24, global_batch=8, steps=3, remainder=5, remainder_policy="drop", lost=0
+    )
     assert "5 samples below one global batch dropped" in loader.plan.describe()
     dropped = []
     for epoch in range(3):

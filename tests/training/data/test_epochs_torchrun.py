@@ -99,7 +99,13 @@ def test_every_location_once_per_epoch_on_every_rank_and_worker_count(shards, tm
             assert keys_of(pairs["epoch0"]) == keys_of(views["epoch0"])
     # this process computes each rank's epoch alike: the order depends on (seed, epoch, rank, world) only
     cfg = LoaderConfig(
-        folder, batch_size=BATCH, image_size=16, num_workers=0, shuffle_buffer=4, decode="defer"
+        folder,
+        split="train",
+        batch_size=BATCH,
+        image_size=16,
+        num_workers=0,
+        shuffle_buffer=4,
+        decode="defer",
     )
     for rank in range(world):
         loader = pretrain_loader(cfg, rank=rank, world_size=world)

@@ -198,7 +198,13 @@ def test_device_batches_from_the_deferred_loader(tmp_path):
 
     make_tiny_shards(tmp_path, n_locations=12, n_shards=2, max_views=3)
     cfg = LoaderConfig(
-        str(tmp_path), batch_size=4, image_size=32, num_workers=0, shuffle_buffer=4, decode="defer"
+        str(tmp_path),
+        split="train",
+        batch_size=4,
+        image_size=32,
+        num_workers=0,
+        shuffle_buffer=4,
+        decode="defer",
     )
     loader = pretrain_loader(cfg)
     gpu = GpuAugment(image_size=32, device="cpu")

@@ -38,7 +38,7 @@ def _eval_keys(folder: str, **kw):
 
 
 def _cfg(folder: str, **kw) -> LoaderConfig:
-    base = dict(batch_size=4, image_size=S, num_workers=0, shuffle_buffer=0, decode="defer")
+    base = dict(split="train", batch_size=4, image_size=S, num_workers=0, shuffle_buffer=0, decode="defer")
     base.update(kw)
     return LoaderConfig(urls=folder, **base)
 

@@ -97,7 +97,7 @@ def test_run_folder_in_bucket_resumes_and_exports(env, capsys, monkeypatch, tmp_
 
     # geo-eval: weights and shards from the bucket, the result JSON into it
     eval_cli.main(["knn", "--weights", dst, "--data", env["shards"], "--bank-split", "train",
-                   "--query-split", "train", "--image-size", "32", "--batch-size", "8", "--num-workers", "0",
+                   "--query-split", "train", "--allow-same-split", "--image-size", "32", "--batch-size", "8", "--num-workers", "0",
                    "--k", "3", "--out", f"s3://{BUCKET}/exports/knn.json", "--storage-endpoint", env["endpoint"]])  # fmt: skip
     assert json.loads(fs.cat(f"{BUCKET}/exports/knn.json"))["query"] > 0
 
