@@ -231,6 +231,7 @@ def test_ctrl_c_keeps_every_answer_received(tmp_path, standin_factory) -> None:
         [sys.executable, "-m", "geo_ssl.pipeline.cli", "harvest-flickr", "--urls", str(tmp_path / "urls.txt"),
          "--out", str(tmp_path / "out"), "--api-url", server.url, "--batch", "1000", "--concurrency", "2", "--rate-limit", "360000"],
         env={**os.environ, **env, "GEO_SSL_PROGRESS": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, not `&`
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while len(server.state.stats()["answers"]) < 8 and time.monotonic() < deadline:

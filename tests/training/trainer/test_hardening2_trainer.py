@@ -45,8 +45,11 @@ def tiny(shards: str, out: Path, **kw) -> PretrainConfig:
 @pytest.mark.parametrize("target", ["group", "main"])
 def test_sigint_checkpoints_the_current_step_and_exits_130(shards, tmp_path, target):
     out = tmp_path / "run"
+    # a shell started in the background (no job control) ignores SIGINT, and geo-pretrain keeps an ignored
+    # SIGINT ignored (as any program should): the child gets Ctrl-C's default, as from a terminal
     proc = subprocess.Popen(pretrain_cmd(shards, out), cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         wait_for_steps(proc, out, 3)  # 2 steps per epoch: the workers of the second epoch are running
         (os.killpg if target == "group" else os.kill)(proc.pid, signal.SIGINT)  # Ctrl-C hits the group
