@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from geo_ssl.pipeline.common import procs
 from tests.index_factory import TinyIndex, make_index
-from tests.pipeline.test_hardening_cli import error_line, run_cli
+from tests.pipeline.test_hardening_cli import error_line, run_cli, start_lock_holder
 
 ENV = {**os.environ, "GEO_SSL_PROGRESS": "0"}
 
@@ -31,15 +30,8 @@ def test_a_zombie_lock_holder_is_gone_and_the_rerun_resumes(tiny: TinyIndex, tmp
     """The holder is killed with kill -9 and never reaped (as under a PID 1 that does not reap): it stays
     a zombie of this test process, which `kill(pid, 0)` still finds."""
     out = tmp_path / "shards"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\n"
-         "from geo_ssl.pipeline.common.outlock import output_lock\n"
-         "with output_lock(sys.argv[1], 'write-shards'):\n"
-         "    print('locked', flush=True); time.sleep(60)\n", str(out)],
-        stdout=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    holder = start_lock_holder(out)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         os.kill(holder.pid, signal.SIGKILL)  # no wait(): it stays a zombie
         deadline = time.monotonic() + 10
         while not procs.is_zombie(holder.pid):

@@ -51,8 +51,8 @@ def built(root: Path, tmp_path_factory) -> Path:
 # --- item 7: one writer per output folder -----------------------------------------------------------
 
 
-def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(built: Path, tmp_path: Path):
-    out = tmp_path / "shards"
+def start_lock_holder(out: Path) -> subprocess.Popen:
+    """A process that holds OUT's output lock for a minute; returns once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from geo_ssl.pipeline.common.outlock import output_lock\n"
@@ -60,8 +60,14 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(buil
          "    print('locked', flush=True); time.sleep(60)\n", str(out)],
         stdout=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(built: Path, tmp_path: Path):
+    out = tmp_path / "shards"
+    holder = start_lock_holder(out)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         (out / ".tmp-x-train-000000.tar").write_bytes(b"the first run's temp file")
         proc = run_cli("write-shards", "--index", str(built / "index"), "--out", str(out), "--workers", "1")
         assert proc.returncode == 2
