@@ -598,7 +598,22 @@ def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
                 raise item.error
             yield item
     finally:
+        queues = [*getattr(it, "_index_queues", ()), getattr(it, "_worker_result_queue", None)]
         del it  # shuts the workers down
+        _join_feeders(queues)
+
+
+def _join_feeders(queues: list) -> None:
+    """Wait until the closed queues' feeder threads have ended.
+
+    PyTorch closes a finished epoch's queues without joining their feeder threads, so they end while the
+    next loader already forks its workers. CPython before 3.11.8 (gh-112275) can then fork while an ending
+    thread holds the runtime's thread-list lock, and the new worker hangs for good in PyOS_AfterFork_Child
+    (seen once under torchrun with 3 ranks). A closed queue's feeder ends within milliseconds."""
+    for q in queues:
+        thread = getattr(q, "_thread", None)  # multiprocessing.Queue's feeder, started on its first put
+        if thread is not None and getattr(q, "_closed", False):
+            thread.join(timeout=5)
 
 
 def _say_left_out(chosen: ShardSet) -> None:

@@ -207,3 +207,19 @@ def test_tp_method_on_a_views_layout_card_is_refused_in_one_line(tmp_path):
     from geo_ssl.training.trainer.preflight import preflight
 
     preflight(PretrainConfig(data=data, out=str(tmp_path / "run2"), method="moco+geo", batch_size=8))
+
+
+# ------------------------------------------------ a worker forked while the last epoch's queues still close
+
+
+def test_an_epoch_leaves_no_queue_thread_ending_when_the_next_one_forks(tmp_path):
+    """PyTorch closes a finished epoch's queues without joining their feeder threads; a fork while one of
+    them ends can hang the new worker for good on CPython < 3.11.8 (seen once under torchrun, 3 ranks).
+    Right after each epoch, none may still be running."""
+    import threading
+
+    loader = pretrain_loader(_cfg(_build(tmp_path), num_workers=2))
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        assert sum(len(b["key"]) for b in loader) == 24
+        assert [t for t in threading.enumerate() if t.name == "QueueFeederThread"] == [], epoch
