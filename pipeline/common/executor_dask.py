@@ -72,6 +72,9 @@ def client_for(scheduler: str | None, workers: int) -> Client:
         _close(_clients.pop(scheduler))
     if scheduler:
         check_scheduler(scheduler)
+        # as silence_logs does for a LocalCluster: distributed's INFO records (a closed comm logs its
+        # traceback when the scheduler goes away) are not this CLI's one-line output
+        logging.getLogger("distributed").setLevel(logging.ERROR)
         try:
             client = Client(scheduler, timeout="20s", set_as_default=False)
         except (OSError, TimeoutError) as exc:

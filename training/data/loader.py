@@ -591,7 +591,7 @@ def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
         # (a mid-epoch resume restores that RNG; a draw after it would shift the trainer's randomness)
         generator=torch.Generator(),
     )
-    it = iter(loader)
+    it, join_feeders = iter(loader), _join_feeders  # a global may be gone when the finally runs at exit
     try:
         for item in it:
             if isinstance(item, _Failure):
@@ -600,7 +600,7 @@ def _items(dataset: IterableDataset, num_workers: int) -> Iterator:
     finally:
         queues = [*getattr(it, "_index_queues", ()), getattr(it, "_worker_result_queue", None)]
         del it  # shuts the workers down
-        _join_feeders(queues)
+        join_feeders(queues)
 
 
 def _join_feeders(queues: list) -> None:
