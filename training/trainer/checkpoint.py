@@ -35,7 +35,7 @@ import torch
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.retry import retry_io
+from geo_ssl.pipeline.common.retry import DISK_FULL_ERRNOS, retry_io
 
 LAST = "checkpoint-last.pt"
 #: A checkpoint kept for later evaluation (--keep-checkpoints, --save-steps): `checkpoint-step00005000.pt`.
@@ -45,8 +45,8 @@ _STEP_RE = re.compile(r"checkpoint-step(\d{8,})\.pt")
 _NO_LINK = {errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.ENOSYS}
 FORMAT = "geo-ssl-pretrain"
 FORMAT_VERSION = 1
-#: A full disk, a full quota, a file-size limit (`ulimit -f`): what freeing space (or a limit) fixes.
-SPACE_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}  # fmt: skip
+#: How the error line names each of retry.DISK_FULL_ERRNOS (a full disk, a full quota, `ulimit -f`).
+_SPACE_WORDS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}  # fmt: skip
 #: Left free beside a new checkpoint, for metrics.jsonl, TensorBoard and the rest of the system.
 SPARE_BYTES = 16 << 20
 
@@ -158,7 +158,7 @@ def space_error(exc: BaseException | None) -> OSError | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -171,7 +171,7 @@ def _no_space(url: str, folder: str, code: int, need: int, then: str = "") -> st
         then = f"the previous {name} is kept: free space (or raise the limit), then continue with --resume"
     elif not then:
         then = f"no {name} was written: free space (or raise the limit) and start again"
-    return f"{folder}: {SPACE_ERRNOS[code]} ({detail}; a checkpoint needs about {need / 1e6:.0f} MB); {then}"
+    return f"{folder}: {_SPACE_WORDS[code]} ({detail}; a checkpoint needs about {need / 1e6:.0f} MB); {then}"
 
 
 def step_name(step: int) -> str:
@@ -220,7 +220,7 @@ def _copy_checked(src: str, tmp: str, dst: str) -> None:
             fout.flush()
             os.fsync(fout.fileno())
     except OSError as exc:
-        if exc.errno not in SPACE_ERRNOS:
+        if exc.errno not in DISK_FULL_ERRNOS:
             raise
         raise NoSpaceError(_no_space(dst, folder, exc.errno, need, then)) from None
 
