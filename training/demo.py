@@ -15,9 +15,9 @@ import torch
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.training.evaluation.export import export_backbone, load_backbone
-from geo_ssl.training.evaluation.knn import Features, extract_features, knn_top1, normalized
 from geo_ssl.training.evaluation.linear_probe import assert_unchanged, snapshot, train_linear
 from geo_ssl.training.models.backbone import FeatureExtractor
+from geo_ssl.training.models.knn import Features, extract_features, knn_top1, normalized
 from geo_ssl.training.trainer.checkpoint import LAST, load_checkpoint
 from geo_ssl.training.trainer.config import PretrainConfig
 from geo_ssl.training.trainer.loop import pretrain

@@ -171,9 +171,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from geo_ssl.training.evaluation.export import load_backbone
-    from geo_ssl.training.evaluation.knn import extract_features, knn_top1
     from geo_ssl.training.evaluation.linear_probe import linear_probe
     from geo_ssl.training.models.backbone import FeatureExtractor
+    from geo_ssl.training.models.knn import extract_features, knn_top1
 
     check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,7 +31,7 @@ from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary
 from geo_ssl.pipeline.common.retry import explain_failure
 from geo_ssl.training.evaluation import model_card
-from geo_ssl.training.evaluation.weights_io import FORMATS, check_destination, encode_weights, read_weights
+from geo_ssl.training.trainer.weights_io import FORMATS, check_destination, encode_weights, read_weights
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geo_ssl.pipeline.common.progress import progress
-from geo_ssl.training.evaluation.knn import Features, extract_features, require_labels
+from geo_ssl.training.models.knn import Features, extract_features, require_labels
 from geo_ssl.training.trainer.schedule import LrFactor
 
 

@@ -305,10 +305,10 @@ def _umask() -> int:
 def load_checkpoint(url: str, trusted: bool = False) -> dict[str, Any]:
     """A checkpoint on the CPU, loaded weights-only (or fully, for a file you trust); one-line errors.
 
-    The file is sniffed before unpickling (geo_ssl.training.evaluation.weights_io), so a damaged or foreign
+    The file is sniffed before unpickling (geo_ssl.training.trainer.weights_io), so a damaged or foreign
     file is "not a checkpoint", never torch's advice to retry with weights_only=False.
     """
-    from geo_ssl.training.evaluation.weights_io import read_weights
+    from geo_ssl.training.trainer.weights_io import read_weights
 
     obj, kind = read_weights(url, trusted=trusted)
     if kind != "torch":

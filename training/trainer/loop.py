@@ -30,8 +30,8 @@ from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
 from geo_ssl.training.data.gassl_crop import augment_for
 from geo_ssl.training.data.gpu_augment import DeviceDataPath, resolve_data_path
-from geo_ssl.training.evaluation.knn import extract_features, knn_top1
 from geo_ssl.training.models.backbone import FeatureExtractor
+from geo_ssl.training.models.knn import extract_features, knn_top1
 from geo_ssl.training.models.methods import (
     batch_inputs,
     build_model,

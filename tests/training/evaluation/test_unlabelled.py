@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.training.evaluation.knn import Features, knn_top1
+from geo_ssl.training.models.knn import Features, knn_top1
 
 
 def _features(labels: list[int]) -> Features:
