@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common.checks import positive_int_arg, seed_arg
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.executor import add_executor_flags
 from geo_ssl.pipeline.common.storage import redact
+from geo_ssl.pipeline.fmow import commands as fmow_commands
+from geo_ssl.pipeline.geoimagenet import commands as geoimagenet_commands
+
+#: The data sources and their command modules (COMMANDS, add_parsers, run_command, add_build_flags,
+#: run_build); the first is `build`'s default.
+SOURCES = {"fmow": fmow_commands, "geoimagenet": geoimagenet_commands}
 
 
 def _add_shard_flags(p: argparse.ArgumentParser) -> None:
@@ -37,15 +44,6 @@ def _add_shard_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _add_executor_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("where tasks run")
-    g.add_argument("--executor", choices=("process", "dask"), default=None,
-                   help="process pool (default) or Dask (env GEO_SSL_EXECUTOR)")  # fmt: skip
-    g.add_argument("--scheduler", default=None, metavar="URL",
-                   help="existing Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --workers; "
-                        "env GEO_SSL_SCHEDULER)")  # fmt: skip
-
-
 def _shard_kwargs(args: argparse.Namespace) -> dict:
     keys = ("resize", "context", "quality", "shard_bytes", "workers", "upscale", "dct", "seed", "layout")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -64,33 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth-fmow", help="write a small synthetic data set in the exact fMoW-rgb layout")
-    p.add_argument("--out", required=True, help="output root (gets train/ and val/)")
-    p.add_argument("--locations", type=int, default=300, help="number of locations (default 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of locations in val (default 0.2)")
-    p.add_argument(
-        "--realistic-sizes", action="store_true", help="realistic pixel and byte sizes (benchmarks)"
-    )
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument(
-        "--scene", choices=("fmow", "toy"), default="fmow",
-        help="fmow (default): a ground pattern and roads per location; toy: the ablation's test, one ground "
-        "pattern per biome, no roads, 2.5x wider object strokes (shapes survive 64 px)",
-    )  # fmt: skip
-    _add_executor_flags(p)
-
-    p = sub.add_parser(
-        "index-fmow", help="index an fMoW-rgb tree into GeoParquet (images, locations, rejects)"
-    )
-    p.add_argument("--root", required=True, help="fMoW-rgb root holding train/, val/, ... (local or URL)")
-    p.add_argument("--out", required=True, help="index folder to write")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument(
-        "--kind", choices=("rgb", "msrgb"), default="rgb", help="which images to index (default rgb)"
-    )
-    _add_executor_flags(p)
-
+    fmow_commands.add_parsers(sub)  # the fMoW source's commands first, the shared ones, then GeoImageNet's
     p = sub.add_parser("cluster", help="K-means geo pseudo-labels over unique locations on the sphere")
     p.add_argument("--index", required=True, help="index folder from index-fmow")
     p.add_argument("--k", type=positive_int_arg, default=100,
@@ -106,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="shards", help="output folder (default: shards/)")
     p.add_argument("--seed", type=seed_arg, default=None, help="shuffle seed (default 0)")
     _add_shard_flags(p)
-    _add_executor_flags(p)
+    add_executor_flags(p)
 
     p = sub.add_parser("build", help="index, cluster and write shards in one resumable run")
     p.add_argument("--config", default=None, help="TOML config file; flags override it")
@@ -117,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true",
                    help="replace a build of other settings (root, kind, k, seed, shard options) found in "
                         "--out (default: refuse)")  # fmt: skip
+    p.add_argument("--source", choices=tuple(SOURCES), default=None,
+                   help="data set to build (default fmow, or `source` in the config)")  # fmt: skip
     _add_shard_flags(p)
-    _add_executor_flags(p)
-    from geo_ssl.pipeline.geoimagenet.commands import add_build_flags
-
-    add_build_flags(p)
+    add_executor_flags(p)
+    for source in SOURCES.values():
+        source.add_build_flags(p)
 
     p = sub.add_parser("validate", help="re-read every shard against the manifest and report")
     p.add_argument("out", help="build folder or shard folder")
@@ -134,14 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=None, help="index folder (default: OUT/index)")
     p.add_argument("--plots", default=None, help="where to write PNGs (default: OUT/report)")
 
-    from geo_ssl.pipeline.geoimagenet.commands import add_parsers as add_geoimagenet_parsers
-
-    add_geoimagenet_parsers(sub)
+    geoimagenet_commands.add_parsers(sub)
     from geo_ssl.pipeline.common.storage import add_storage_flags
 
     for subparser in sub.choices.values():  # every subcommand takes the same storage flags
         add_storage_flags(subparser)
     return parser
+
+
+def build_source(args: argparse.Namespace) -> str:
+    """The data set `build` makes: --source, else the config file's `source` key, else fmow (a config
+    naming no known source goes to the fMoW build, which names the key it does not take)."""
+    if args.source:
+        return args.source
+    if args.config:
+        from geo_ssl.pipeline.geoimagenet.build import read_config  # the TOML reader, errors naming the file
+
+        source = read_config(args.config).get("source")
+        if isinstance(source, str) and source in SOURCES:
+            return source
+    return "fmow"
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -154,24 +139,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         from geo_ssl.pipeline.common import executor
 
         executor.configure(args.executor, args.scheduler)
-    from geo_ssl.pipeline.geoimagenet import commands as geoimagenet_commands
-
-    if cmd in geoimagenet_commands.COMMANDS:
-        return geoimagenet_commands.run_command(args)
-    if cmd == "synth-fmow":
-        from geo_ssl.pipeline.fmow.synth import synth_fmow
-
-        summary = synth_fmow(
-            args.out, locations=args.locations, seed=args.seed, val_fraction=args.val_fraction,
-            realistic_sizes=args.realistic_sizes, workers=args.workers, scene=args.scene,
-        )  # fmt: skip
-        print(summary.line())
-    elif cmd == "index-fmow":
-        from geo_ssl.pipeline.fmow.index import index_fmow
-
-        summary = index_fmow(args.root, args.out, workers=args.workers, kind=args.kind)
-        print(summary.line())
-    elif cmd == "cluster":
+    for source in SOURCES.values():
+        if cmd in source.COMMANDS:
+            return source.run_command(args)
+    if cmd == "build":
+        return SOURCES[build_source(args)].run_build(args, _shard_kwargs(args))
+    if cmd == "cluster":
         from geo_ssl.pipeline.cluster import cluster
 
         stats = cluster(args.index, k=args.k, seed=args.seed, out=args.out,
@@ -185,15 +158,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             args.index, args.out, clusters=args.clusters, options=ShardOptions(**_shard_kwargs(args))
         )
         print(summary.line())
-    elif cmd == "build" and geoimagenet_commands.wants_geoimagenet(args):
-        return geoimagenet_commands.run_build(args, _shard_kwargs(args))
-    elif cmd == "build":
-        from geo_ssl.pipeline.build import build, load_build_config
-
-        config = load_build_config(
-            args.config, root=args.root, out=args.out, k=args.k, shard=_shard_kwargs(args)
-        )
-        build(config, rebuild=args.rebuild)
     elif cmd == "validate":
         from geo_ssl.pipeline.shards.validate import validate
 

@@ -8,7 +8,8 @@ byte-identical whichever engine ran them and whatever order tasks finished in.
 
 The engine is chosen once per process: `configure()` (the CLI's `--executor` / `--scheduler`), else the
 environment (`GEO_SSL_EXECUTOR=dask`, `GEO_SSL_SCHEDULER=tcp://host:8786`), else the process pool.
-Dask is an optional extra (`pip install 'geo-ssl[dask]'`); its engine lives in `executor_dask`.
+Dask is an optional extra (`pip install 'geo-ssl[dask]'`); its engine lives in `executor_dask`, which
+this module imports (only when Dask is chosen) and which never imports this module back.
 
 Workers never outlive the run that started them: each one watches the run's pid and exits when it is
 gone, so a `kill -9` of the run stops its workers (and, with them, multiprocessing's resource tracker)
@@ -17,19 +18,18 @@ instead of leaving them writing outputs that race a rerun.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
-from geo_ssl.pipeline.common import procs
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.procs import exit_with_run  # kept here too: `executor.exit_with_run` callers
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,8 +37,6 @@ R = TypeVar("R")
 ENGINES = ("process", "dask")
 ENV_EXECUTOR = "GEO_SSL_EXECUTOR"
 ENV_SCHEDULER = "GEO_SSL_SCHEDULER"
-#: How often a worker checks that its run is still alive (seconds).
-_WATCH_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,16 @@ def using(engine: str | None = None, scheduler: str | None = None) -> Iterator[E
 def current() -> ExecutorSettings:
     """The engine stages use now: what `configure()` set, else the environment's choice."""
     return _configured if _configured is not None else resolve()
+
+
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """--executor and --scheduler of every stage that cuts its work into tasks (read by `configure`)."""
+    g = p.add_argument_group("where tasks run")
+    g.add_argument("--executor", choices=ENGINES, default=None,
+                   help="process pool (default) or Dask (env GEO_SSL_EXECUTOR)")  # fmt: skip
+    g.add_argument("--scheduler", default=None, metavar="URL",
+                   help="existing Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --workers; "
+                        "env GEO_SSL_SCHEDULER)")  # fmt: skip
 
 
 def run_tasks(
@@ -165,30 +173,3 @@ def _process_pool(
     finally:
         # On an error or an abandoned generator, do not wait for queued tasks; running ones finish.
         pool.shutdown(wait=finished, cancel_futures=not finished)
-
-
-def exit_with_run(run_pid: int) -> None:
-    """Pool initializer (and Dask worker plugin): end this worker as soon as the run `run_pid` is gone.
-
-    After a kill -9 of the run, pool workers would otherwise wait on their task queue forever (each holds
-    the queue's write end, so none sees EOF) and finish the task in hand, writing outputs that race a
-    rerun; multiprocessing's resource tracker lives as long as they do. A daemon thread polls the run's
-    pid (and, for a direct child, its parent pid: a reused pid is not mistaken for the run)."""
-    parent = os.getppid()
-    direct_child = parent == run_pid
-
-    def run_is_alive() -> bool:
-        if direct_child and os.getppid() != parent:
-            return False
-        try:
-            os.kill(run_pid, 0)
-        except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to another user
-            return False
-        return not procs.is_zombie(run_pid)  # killed but not yet reaped by its parent: gone as well
-
-    def watch() -> None:
-        while run_is_alive():
-            time.sleep(_WATCH_INTERVAL)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-run", daemon=True).start()

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
         "--executor dask needs Dask's distributed scheduler: pip install 'geo-ssl[dask]'"
     ) from None
 
-from geo_ssl.pipeline.common.executor import exit_with_run
+from geo_ssl.pipeline.common.procs import exit_with_run
 from geo_ssl.pipeline.common.retry import StorageError
 
 T = TypeVar("T")
@@ -49,7 +49,7 @@ _clients: dict[str | None, Client] = {}
 
 
 class ExitWithRun(WorkerPlugin):
-    """Ties the workers of a LocalCluster to the process that started it (see executor.exit_with_run)."""
+    """Ties the workers of a LocalCluster to the process that started it (see procs.exit_with_run)."""
 
     name = "geo-ssl-exit-with-run"
 

@@ -9,6 +9,11 @@ as gone: it holds no files and writes nothing.
 from __future__ import annotations
 
 import os
+import threading
+import time
+
+#: How often a worker checks that its run is still alive (seconds).
+WATCH_INTERVAL = 0.2
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -41,3 +46,31 @@ def running(pid: int) -> bool:
     except PermissionError:
         pass
     return not is_zombie(pid)
+
+
+def exit_with_run(run_pid: int) -> None:
+    """Pool initializer (and Dask worker plugin): end this worker as soon as the run `run_pid` is gone.
+
+    After a kill -9 of the run, pool workers would otherwise wait on their task queue forever (each holds
+    the queue's write end, so none sees EOF) and finish the task in hand, writing outputs that race a
+    rerun; multiprocessing's resource tracker lives as long as they do. A daemon thread polls the run's
+    pid (and, for a direct child, its parent pid: a reused pid is not mistaken for the run). Here, not in
+    `executor`, so that both engines (executor, executor_dask) import it without importing each other."""
+    parent = os.getppid()
+    direct_child = parent == run_pid
+
+    def run_is_alive() -> bool:
+        if direct_child and os.getppid() != parent:
+            return False
+        try:
+            os.kill(run_pid, 0)
+        except (ProcessLookupError, PermissionError):  # gone, or the pid now belongs to another user
+            return False
+        return not is_zombie(run_pid)  # killed but not yet reaped by its parent: gone as well
+
+    def watch() -> None:
+        while run_is_alive():
+            time.sleep(WATCH_INTERVAL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-run", daemon=True).start()

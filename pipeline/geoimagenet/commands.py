@@ -1,4 +1,5 @@
-"""The GeoImageNet subcommands of `geo-build-dataset` (parsers and dispatch), kept beside their code."""
+"""The GeoImageNet subcommands of `geo-build-dataset` (parsers and dispatch) and its `build`, kept beside
+their code as fMoW's are (pipeline/fmow/commands.py); `--source` itself is pipeline/cli.py's."""
 
 from __future__ import annotations
 
@@ -119,8 +120,6 @@ def run_command(args: argparse.Namespace) -> int:
 def add_build_flags(p: argparse.ArgumentParser) -> None:
     """Flags of `build` for the GeoImageNet chain (the fMoW build ignores them)."""
     g = p.add_argument_group("GeoImageNet (--source geoimagenet)")
-    g.add_argument("--source", choices=("fmow", "geoimagenet"), default=None,
-                   help="data set to build (default fmow, or `source` in the config)")  # fmt: skip
     g.add_argument("--urls", default=None, help="ImageNet URL list (fall11_urls.txt format)")
     g.add_argument("--yfcc", default=None, help="YFCC100M dump to join before calling the API")
     g.add_argument("--credentials", default=None, help="Flickr key/secret file (default: env)")
@@ -129,17 +128,8 @@ def add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--words", default=None, help="ImageNet words.txt for class names")
 
 
-def wants_geoimagenet(args: argparse.Namespace) -> bool:
-    if getattr(args, "source", None):
-        return args.source == "geoimagenet"
-    if getattr(args, "config", None):
-        from geo_ssl.pipeline.geoimagenet.build import read_config
-
-        return read_config(args.config).get("source") == "geoimagenet"
-    return False
-
-
 def run_build(args: argparse.Namespace, shard: dict) -> int:
+    """`build --source geoimagenet`: harvest, index-imagenet, cluster and write-shards in one resumable run."""
     from geo_ssl.pipeline.geoimagenet.build import build_geoimagenet, load_config
 
     flags = {k: getattr(args, k, None) for k in ("root", "out", "k", "urls", "yfcc", "credentials", "api_url",

@@ -12,6 +12,7 @@ from geo_ssl.pipeline.report.charts import per_category, per_cluster, views_hist
 from geo_ssl.pipeline.report.common import manifest_summary, read, split_colors, split_order
 from geo_ssl.pipeline.report.contact_sheet import draw_contact_sheet
 from geo_ssl.pipeline.report.world_map import draw_world_map
+from geo_ssl.schemas.dataset_card import category_names, load_card
 
 __all__ = ["manifest_summary", "report"]
 
@@ -31,11 +32,14 @@ def report(out: str, index: str | None = None, plots: str | None = None, samples
         set(locations.column("split").to_pylist()) | set(clusters.column("split").to_pylist())
     )
     colors = split_colors(splits)
+    listed = (category_names(load_card(out)) or {}).values()  # the card's categories (none without a card)
     fsio.makedirs(plots)
     paths = [
         draw_world_map(clusters, centroids, written, fsio.join(plots, "world_clusters.png")),
         views_histogram(locations, splits, colors, fsio.join(plots, "views_per_location.png")),
-        per_category(locations, splits, colors, written, fsio.join(plots, "locations_per_category.png")),
+        per_category(
+            locations, splits, colors, written, fsio.join(plots, "locations_per_category.png"), listed
+        ),
         per_cluster(clusters, centroids.num_rows, splits, fsio.join(plots, "locations_per_cluster.png")),
     ]
     sheet = draw_contact_sheet(out, index, fsio.join(plots, "contact_sheet.png"), n=samples)

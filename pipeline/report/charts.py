@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from geo_ssl.pipeline.fmow.layout import CATEGORIES
 from geo_ssl.pipeline.report.common import cluster_colors, save
 
 #: Hatches that tell the splits apart in the per-cluster chart, where colour means the cluster.
@@ -44,11 +44,20 @@ def views_histogram(locations: pa.Table, splits: list[str], colors: dict, url: s
     return save(fig, url)
 
 
-def per_category(locations: pa.Table, splits: list[str], colors: dict, written: str | None, url: str) -> str:
+def per_category(
+    locations: pa.Table,
+    splits: list[str],
+    colors: dict,
+    written: str | None,
+    url: str,
+    listed: Iterable[str] = (),
+) -> str:
+    """One bar per category: those `listed` (the dataset card's, so an empty one shows) and any other the
+    index holds; no data set's list is assumed."""
     split = locations.column("split").to_pylist()
     category = locations.column("category").to_pylist()
     counts = {s: Counter(c for c, sp in zip(category, split, strict=True) if sp == s) for s in splits}
-    names = list(CATEGORIES) + sorted(set(category) - set(CATEGORIES))
+    names = sorted(set(listed) | set(category))
     total = Counter(category)
     names.sort(key=lambda n: (-total[n], n))  # largest at the top
     y = np.arange(len(names))[::-1]

@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.schemas.dataset_card import LAYOUTS  # the card's names of layouts, re-exported here
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-#: Sample layouts of write-shards (schemas/SAMPLE_FORMAT.md): one sample per location, or per view.
-LAYOUTS = ("locations", "views")
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024**2,
           "g": 1e9, "gb": 1e9, "gib": 1024**3, "t": 1e12, "tb": 1e12, "tib": 1024**4}  # fmt: skip
 

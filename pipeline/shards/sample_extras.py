@@ -13,6 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.schemas.dataset_card import refuse_temporal
+
+__all__ = ["attach", "card_fields", "extras_url", "read_extras", "refuse_temporal"]
 
 EXTRAS = "sample_extras.parquet"
 SCHEMA = pa.schema([pa.field("location_key", pa.string()), pa.field("extra", pa.string())])
@@ -54,28 +57,3 @@ def card_fields(extras: dict[str, str] | None) -> dict:
         "dataset": source,
         "temporal_positives": False,  # one image per location: +tp methods do not apply
     }
-
-
-def refuse_temporal(data: str, method: str) -> None:
-    """Stop a +tp method on shards whose card says they hold no temporal positives (GeoImageNet)."""
-    from geo_ssl.pipeline.common.errors import GeoSSLError
-    from geo_ssl.pipeline.common.retry import StorageError
-
-    url = fsio.join(str(data), "dataset.json")
-    try:
-        card = json.loads(fsio.read_bytes(url))
-    except (OSError, ValueError, StorageError):  # no card, or the store is down (the loader says so)
-        return
-    if not isinstance(card, dict):  # geo-pretrain's preflight refuses such a card (check_card)
-        return
-    views = card.get("layout") == "views"  # write-shards --layout views: one image per sample
-    if card.get("temporal_positives") is False or views:
-        base = method.replace("+tp", "")
-        why = (
-            'layout "views": each sample is one image'
-            if views
-            else f"{card.get('dataset', 'this data set')} has one image per location"
-        )
-        raise GeoSSLError(
-            f"--method {method}: temporal positives do not apply to {data} ({url}: {why}); use {base}"
-        )

@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from geo_ssl.pipeline.common import executor, fsio
+from geo_ssl.pipeline.common import fsio, procs
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
 from geo_ssl.pipeline.common.tables import read_table
-from geo_ssl.pipeline.fmow.layout import CATEGORIES
-from geo_ssl.pipeline.shards.card import card_problems
-from geo_ssl.pipeline.shards.manifest import DATASET_CARD, MANIFEST
-from geo_ssl.pipeline.shards.options import LAYOUTS
+from geo_ssl.pipeline.shards.manifest import MANIFEST
 from geo_ssl.pipeline.shards.sample_format import check_sample, check_view_sample
 from geo_ssl.pipeline.shards.sample_index import SAMPLE_INDEX
+from geo_ssl.schemas.dataset_card import DATASET_CARD, LAYOUTS, card_problems, category_names
 
 _SHOWN = 5  # problems printed on the summary line
 
@@ -44,6 +42,7 @@ class ShardCheck:
     views: int = 0
     bytes: int = 0
     spans: dict[str, list] = field(default_factory=dict)  # key -> [(member, data offset, size)]
+    named: dict[int, dict[str, str]] = field(default_factory=dict)  # category_index -> name -> first key
 
 
 @dataclass
@@ -106,9 +105,14 @@ def _split_name(name: str) -> tuple[str, str]:
 
 
 def _check_sample(
-    key: str, members: dict[str, bytes], layout: str = "locations", expect: dict | None = None
+    key: str,
+    members: dict[str, bytes],
+    layout: str = "locations",
+    expect: dict | None = None,
+    named: dict[int, dict[str, str]] | None = None,
 ) -> tuple[list[str], int]:
-    """Problems of one sample and its number of views; `expect` holds the card's k and categories."""
+    """Problems of one sample and its number of views; `expect` holds the card's k and categories.
+    `named` collects each category_index's names (with a key holding it) for checks across samples."""
     problems, sizes = [], {}
     for name, data in members.items():
         if name.endswith(".jpg") or name == "jpg":
@@ -127,6 +131,10 @@ def _check_sample(
     except ValueError as exc:
         return [*problems, f"{key}.json is not valid JSON ({exc})"], len(sizes)
     problems += _label_problems(key, meta, expect or {})
+    if named is not None and isinstance(meta, dict):
+        index, name = meta.get("category_index"), meta.get("category")
+        if isinstance(index, int) and not isinstance(index, bool) and isinstance(name, str):
+            named.setdefault(index, {}).setdefault(name, key)
     if layout == "views":  # one view per sample: members jpg, json, cls
         problems += [f"{key}: {p}" for p in check_view_sample(meta, members.keys(), members.get("cls"))]
         if isinstance(meta, dict) and "jpg" in sizes and meta.get("size") != sizes["jpg"]:
@@ -157,7 +165,7 @@ def check_shard(out: str, row: dict, layout: str = "locations", expect: dict | N
     def finish() -> None:
         if current is None:
             return
-        problems, n_views = _check_sample(current, members, layout, expect)
+        problems, n_views = _check_sample(current, members, layout, expect, check.named)
         check.problems.extend(problems)
         check.keys.append(current)
         check.samples += 1
@@ -210,8 +218,8 @@ def _check_all(
         return
     ctx = multiprocessing.get_context("spawn")
     n = len(rows)
-    # workers end with this run (executor.exit_with_run): a killed validate leaves no process behind
-    tie = {"initializer": executor.exit_with_run, "initargs": (os.getpid(),)}
+    # workers end with this run (procs.exit_with_run): a killed validate leaves no process behind
+    tie = {"initializer": procs.exit_with_run, "initargs": (os.getpid(),)}
     with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx, **tie) as pool:
         yield from pool.map(check_shard, [out] * n, rows, [layout] * n, [expect] * n)
 
@@ -232,8 +240,12 @@ def validate(out: str, workers: int | None = None) -> ValidationReport:
     layout = card["layout"] if card.get("layout") in LAYOUTS else "locations"
     sound = not report.problems or loaded == {}  # a missing card: the fMoW defaults, as for old builds
     index = _read_sample_index(out)
-    checks = _check_all(out, rows, workers, layout, _expectations(card if sound else None))
+    expect = _expectations(card if sound else None)
+    checks = _check_all(out, rows, workers, layout, expect)
+    named: dict[int, tuple[str, str]] = {}  # category_index -> (first name, a key holding it)
     for check in progress(checks, total=len(rows), desc="validate", unit="shard"):
+        if not expect["categories"]:  # no names to check against: one name per id across the shards
+            report.problems += _category_conflicts(check, named)
         if index is not None:
             report.problems += _index_mismatch(check, index.pop(check.shard, {}))
         report.samples += check.samples
@@ -267,19 +279,33 @@ def _read_card(out: str) -> tuple[object, list[tuple[str, str]]]:
 
 def _expectations(card: dict | None) -> dict:
     """What labels may hold, from a sound dataset card: k (cluster ids are 0..k-1) and the category names
-    by id (the card's list when it has one, else the 62 fMoW names). Without a sound card, labels are
-    only checked for negative cluster ids (a bad card's k or names would make every sample look wrong)."""
+    by id, as the card lists them (whatever the data set: fMoW's names, GeoImageNet's synsets). Without
+    a sound card, or a card without categories, labels are only checked for negative cluster ids and for
+    one name per category id across the shards (a bad card's k or names would make every sample look
+    wrong, and no data set's list is assumed)."""
     if card is None:
         return {"k": None, "categories": {}}
     k = card.get("k")
     if not isinstance(k, int) or isinstance(k, bool):
         k = (card.get("geo_clusters") or {}).get("k") if isinstance(card.get("geo_clusters"), dict) else None
-    listed = card.get("categories")
-    if isinstance(listed, list) and listed and all(isinstance(c, dict) for c in listed):
-        categories = {c.get("id"): c.get("name") for c in listed}  # the categories the shards hold
-    else:
-        categories = dict(enumerate(CATEGORIES))
-    return {"k": k if isinstance(k, int) else None, "categories": categories}
+    return {"k": k if isinstance(k, int) else None, "categories": category_names(card) or {}}
+
+
+def _category_conflicts(check: ShardCheck, named: dict[int, tuple[str, str]]) -> list[tuple[str, str]]:
+    """Samples whose category_index another sample (this shard or an earlier one) gives another name;
+    `named` keeps the first name of each id across calls."""
+    problems = []
+    for index, names in check.named.items():
+        for name, key in names.items():
+            first, first_key = named.setdefault(index, (name, key))
+            if name != first:
+                problems.append(
+                    (
+                        check.shard,
+                        f"{key}: category {name!r} but category_index {index} is {first!r} in {first_key}",
+                    )
+                )
+    return problems
 
 
 def _label_problems(key: str, meta: object, expect: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def make_build(root, n: int = 120, manifest: bool = True, k: int = K) -> None:
 
 def test_report_writes_four_valid_pngs(tmp_path):
     make_build(tmp_path)
+    card = {"splits": {}, "categories": [{"id": i, "name": c} for i, c in enumerate(CATEGORIES)]}
+    (tmp_path / "dataset.json").write_text(json.dumps(card))  # the report charts the card's categories
     paths = report(str(tmp_path))
     names = [p.rsplit("/", 1)[1] for p in paths]
     assert names == [
