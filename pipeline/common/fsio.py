@@ -122,8 +122,8 @@ def atomic_local_path(url: str) -> Iterator[str]:
             if local:
                 os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual umask mode
                 os.replace(tmp, path)
-            else:
-                fs.put_file(tmp, path)
+            else:  # one whole PUT, so a retry after a dropped upload is safe
+                retry_io(lambda: fs.put_file(tmp, path), f"writing {url}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

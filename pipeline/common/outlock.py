@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from geo_ssl.pipeline.common import fsio, procs
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import retry_io
 
 LOCK_NAME = ".geo-ssl.lock"
 #: A lock file still empty after this long was left by a run killed while creating it.
@@ -130,11 +131,14 @@ def _acquire_remote(lock_url: str, me: dict) -> None:
     fs, path = fsio.get_fs(lock_url)
     data = json.dumps(me).encode()
     try:
-        fs.pipe_file(path, data, mode="create")
+        retry_io(lambda: fs.pipe_file(path, data, mode="create"), f"writing {lock_url}")
     except FileExistsError:
-        holder = _parse(fsio.read_bytes(lock_url)) if fs.exists(path) else None
-        if holder and _holder_gone(holder):
-            fs.pipe_file(path, data)  # a run on this host that is gone: take over
+        exists = retry_io(lambda: fs.exists(path), f"reading {lock_url}")
+        holder = _parse(fsio.read_bytes(lock_url)) if exists else None
+        if holder and holder.get("token") == me["token"]:
+            pass  # our own create, whose answer was lost: the retry found it done
+        elif holder and _holder_gone(holder):
+            retry_io(lambda: fs.pipe_file(path, data), f"writing {lock_url}")  # its run is gone: take over
         else:
             raise GeoSSLError(f"{lock_url.rsplit('/', 1)[0]}: {_describe(holder, lock_url)}") from None
     back = _parse(fsio.read_bytes(lock_url))

@@ -7,11 +7,13 @@ turn it into a reject row. Stages let it fail the unit of work (a shard, an inde
 for it, and exit with `EXIT_STORAGE` so that a rerun of the same command completes it.
 
 Errors that retrying cannot fix pass through unchanged: a missing file, a folder where a file was
-expected, a refused permission (those are data or user errors the caller already handles). Missing or
-rejected credentials become a `StorageError` at once, with exit code 2 (a setup mistake).
+expected, a refused permission, a full disk (those are data or user errors the caller already handles).
+Missing or rejected credentials become a `StorageError` at once, with exit code 2 (a setup mistake).
 
-Attempts and backoff: `GEO_SSL_IO_ATTEMPTS` (default 4) and `GEO_SSL_IO_BACKOFF` (seconds before the
-first retry, doubled each time, default 0.5).
+One classifier (`is_transient`) and one policy type (`RetryPolicy`) serve every retrying path: whole
+reads and writes here (`retry_io`), seekable readers (`RetryingReader`), the loader's shard streams and
+its shard cache (training/data/shard_io.py). Attempts and backoff of `retry_io`: `GEO_SSL_IO_ATTEMPTS`
+(default 4) and `GEO_SSL_IO_BACKOFF` (seconds before the first retry, doubled each time, default 0.5).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
+
+from geo_ssl.pipeline.common.errors import GeoSSLError
 
 T = TypeVar("T")
 
@@ -30,11 +35,18 @@ EXIT_STORAGE = 3
 #: Exit code of a user or setup mistake (also used for missing credentials).
 EXIT_USAGE = 2
 
+_USER_ERRNOS = {
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS,
+    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+}  # fmt: skip
+#: A write failed for want of space (disk full, quota, file size limit).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 _CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec", "s3fs")
-_MAX_SLEEP = 30.0
+#: A storage client refusing its own settings (no region, a malformed parameter): no retry fixes those.
+_SETUP_ERRORS = {"NoRegionError", "ParamValidationError"}
+_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec", "s3fs", "gcsfs")
 
 
 class StorageError(Exception):
@@ -70,16 +82,29 @@ def credentials_problem(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Would trying again plausibly succeed? (Outages, throttling, timeouts, EIO: yes. Missing files: no.)"""
-    if isinstance(exc, StorageError) or isinstance(exc, _PERMANENT) or credentials_problem(exc):
+    """Would trying again plausibly succeed? The one verdict of every retrying path.
+
+    Yes: outages, throttling, timeouts, dropped connections (ConnectionError, TimeoutError, any error
+    of a storage client library), an OSError with an errno (EIO; s3fs gives 503 EBUSY, 500 EREMOTEIO).
+    No: missing files, refused permissions, a full disk or quota, credentials or client settings, our
+    own errors, and an OSError without errno -- that is what pyarrow and Pillow raise for bad bytes,
+    while storage clients raise their own types or an errno -- unless it was raised from a transient
+    error (an I/O layer wrapping a dropped connection)."""
+    if isinstance(exc, (StorageError, GeoSSLError, MemoryError, *_PERMANENT)) or credentials_problem(exc):
+        return False
+    if type(exc).__name__ in _SETUP_ERRORS:
+        return False
+    if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS | DISK_FULL_ERRNOS:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    if type(exc).__module__.split(".")[0] in _TRANSIENT_MODULES:
+    if (type(exc).__module__ or "").split(".")[0] in _TRANSIENT_MODULES:
         return True
-    # An OSError from the OS or s3fs carries an errno (EIO, EBUSY for 503...); pyarrow and Pillow raise
-    # OSError without one for bad bytes, which no retry fixes.
-    return isinstance(exc, OSError) and exc.errno is not None
+    if isinstance(exc, OSError):
+        if exc.errno is not None:
+            return True
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    return False
 
 
 def describe(exc: BaseException) -> str:
@@ -104,13 +129,41 @@ def backoff() -> float:
         return 0.5
 
 
-def retry_io(fn: Callable[[], T], what: str, tries: int | None = None, delay: float | None = None) -> T:
-    """Call `fn`; retry transient I/O errors with exponential backoff (and jitter), then raise StorageError.
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to retry: `attempts` tries in all; waits of `backoff`, 2x, 4x ... capped at `max_wait`,
+    each scaled by a random factor in [1 - jitter, 1 + jitter] (many workers hitting one throttled store
+    do not retry in step); no further try once `deadline` seconds have passed since the first (None: no
+    limit). `RetryPolicy.from_env()` is retry_io's default (GEO_SSL_IO_ATTEMPTS, GEO_SSL_IO_BACKOFF)."""
 
-    `what` names the operation for the message ("reading s3://bucket/key")."""
-    tries = attempts() if tries is None else max(1, tries)
-    delay = backoff() if delay is None else delay
-    for attempt in range(tries):
+    attempts: int = 4
+    backoff: float = 0.5
+    max_wait: float = 30.0
+    jitter: float = 0.25
+    deadline: float | None = None
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        return cls(attempts=attempts(), backoff=backoff())
+
+    def wait(self, failure: int) -> float:
+        """Seconds to wait after the `failure`-th failed try (1-based)."""
+        base = min(self.max_wait, self.backoff * 2 ** (failure - 1))
+        return base * (1 - self.jitter + 2 * self.jitter * random.random()) if self.jitter else base
+
+    def gives_up(self, failures: int, started: float) -> bool:
+        """No more tries after `failures` failures of a call first tried at `started` (time.monotonic())."""
+        if failures >= max(1, self.attempts):
+            return True
+        return self.deadline is not None and time.monotonic() - started >= self.deadline
+
+
+def retry_io(fn: Callable[[], T], what: str, policy: RetryPolicy | None = None) -> T:
+    """Call `fn`; retry transient I/O errors as `policy` says (default: from the environment), then
+    raise StorageError. `what` names the operation for the message ("reading s3://bucket/key")."""
+    policy = policy or RetryPolicy.from_env()
+    started, failures = time.monotonic(), 0
+    while True:
         try:
             return fn()
         except Exception as exc:
@@ -122,12 +175,12 @@ def retry_io(fn: Callable[[], T], what: str, tries: int | None = None, delay: fl
                 ) from exc
             if not is_transient(exc):
                 raise
-            if attempt == tries - 1:
+            failures += 1
+            if policy.gives_up(failures, started):
                 raise StorageError(
-                    f"{what} failed {tries} times ({describe(exc)}); storage is failing or unreachable"
+                    f"{what} failed {failures} times ({describe(exc)}); storage is failing or unreachable"
                 ) from exc
-            time.sleep(min(_MAX_SLEEP, delay * 2**attempt * (0.75 + 0.5 * random.random())))
-    raise AssertionError("unreachable")
+            time.sleep(policy.wait(failures))
 
 
 class RetryingReader:
@@ -136,13 +189,14 @@ class RetryingReader:
     After a failed read the file is reopened and positioned where the read began, so a decoder reading
     through it sees either the right bytes or a StorageError, never a short read it would call corrupt."""
 
-    def __init__(self, opener: Callable[[str], object], url: str) -> None:
+    def __init__(self, opener: Callable[[str], object], url: str, policy: RetryPolicy | None = None) -> None:
         self._opener = opener
         self.url = url
         self.name = url
         self._f = None
         self._pos = 0
-        retry_io(self._ensure, f"opening {url}")
+        self.policy = policy or RetryPolicy.from_env()
+        retry_io(self._ensure, f"opening {url}", self.policy)
 
     def _ensure(self):
         if self._f is None:
@@ -167,12 +221,14 @@ class RetryingReader:
                 pass
 
     def read(self, n: int = -1) -> bytes:
-        data = retry_io(lambda: self._do(lambda f: f.read(n)), f"reading {self.url}")
+        data = retry_io(lambda: self._do(lambda f: f.read(n)), f"reading {self.url}", self.policy)
         self._pos += len(data)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = retry_io(lambda: self._do(lambda f: f.seek(offset, whence)), f"reading {self.url}")
+        self._pos = retry_io(
+            lambda: self._do(lambda f: f.seek(offset, whence)), f"reading {self.url}", self.policy
+        )
         return self._pos
 
     def tell(self) -> int:
@@ -194,14 +250,6 @@ class RetryingReader:
         self.close()
 
 
-_USER_ERRNOS = {
-    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS,
-    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
-}  # fmt: skip
-#: A write failed for want of space (disk full, quota, file size limit).
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
 def explain_failure(exc: BaseException) -> tuple[str, int] | None:
     """(one line, exit code) for an error a command line should report without a traceback, else None.
 
@@ -213,6 +261,12 @@ def explain_failure(exc: BaseException) -> tuple[str, int] | None:
         if "rerun" not in text:
             text += "; rerun the same command to resume"
         return text, exc.exit_code
+    if any(type(e).__name__ in _SETUP_ERRORS for e in _chain(exc)):
+        return (
+            f"object storage refused its settings ({describe(exc)}); check --storage-region and "
+            "--storage-options",
+            EXIT_USAGE,
+        )
     if credentials_problem(exc):
         return (
             f"object storage: no usable credentials ({describe(exc)}); set AWS_ACCESS_KEY_ID and "

@@ -72,7 +72,7 @@ def write_table(table: pa.Table, url: str, table_name: str) -> None:
 def read_table(url: str, table_name: str, columns: list[str] | None = None) -> pa.Table:
     """Read a geo-ssl table, refusing a file of another kind or schema version with a one-line error."""
     fs, path = fsio.get_fs(url)
-    if not fs.exists(path):
+    if not retry_io(lambda: fs.exists(path), f"reading {url}"):
         raise GeoSSLError(f"{url}: file not found (run the stage that writes the {table_name} table first)")
 
     def read() -> pa.Table:

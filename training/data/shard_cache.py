@@ -15,6 +15,7 @@ folder listing cannot tell such a shard of another build (another k) from the ma
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import posixpath
@@ -26,8 +27,9 @@ from collections.abc import Callable
 import fsspec
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.retry import RetryPolicy, is_transient
 from geo_ssl.pipeline.common.storage import options_for  # the command's --storage-* settings
-from geo_ssl.training.data.shard_io import RetryingStream, RetryPolicy, ShardReadError, _transient
+from geo_ssl.training.data.shard_io import RetryingStream, ShardReadError, loader_policy
 from geo_ssl.training.data.shard_list import is_local, open_shard
 
 _SUFFIX = ".tar"
@@ -189,10 +191,11 @@ class ShardCache:
         )
 
     def _describe(self, url: str, policy, on_retry) -> tuple[int, str]:
-        policy = policy or RetryPolicy()
+        policy = policy or loader_policy()
         # the store just failed every retry of another shard's check: one try each, not a minute of waits
-        attempts = 1 if time.monotonic() < ShardCache._down_until else policy.attempts
-        failures = 0
+        if time.monotonic() < ShardCache._down_until:
+            policy = dataclasses.replace(policy, attempts=1)
+        started, failures = time.monotonic(), 0
         while True:
             try:
                 fs, path = fsspec.core.url_to_fs(url, **(self.storage_options or options_for(url)))
@@ -203,11 +206,12 @@ class ShardCache:
                 )
             except Exception as exc:
                 failures += 1
-                if not _transient(exc) or failures >= attempts:
+                transient = is_transient(exc)
+                if not transient or policy.gives_up(failures, started):
                     err = ShardReadError(
                         f"shard {url}: cannot stat for the cache ({type(exc).__name__}: {exc})"
                     )
-                    err.transient = _transient(exc)
+                    err.transient = transient
                     raise err from exc
                 if on_retry:
                     on_retry(f"shard {url}: stat failed ({type(exc).__name__}), retrying")

@@ -121,9 +121,12 @@ class RunStore:
         try:
             retry_io(lambda: fs.pipe_file(path, json.dumps(me).encode(), mode="create"), f"writing {url}")
         except FileExistsError:
-            holder = outlock._parse(fsio.read_bytes(url)) if fs.exists(path) else None
+            exists = retry_io(lambda: fs.exists(path), f"reading {url}")
+            holder = outlock._parse(fsio.read_bytes(url)) if exists else None
             why = _stale(holder)
-            if holder and why:
+            if holder and holder.get("token") == me["token"]:
+                pass  # our own create, whose answer was lost: the retry found it done
+            elif holder and why:
                 note = f"took over the lock of pid {holder.get('pid')} on {holder.get('host')}: {why}"
                 retry_io(lambda: fs.pipe_file(path, json.dumps(me).encode()), f"writing {url}")
             else:
