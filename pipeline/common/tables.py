@@ -79,7 +79,7 @@ def read_table(url: str, table_name: str, columns: list[str] | None = None) -> p
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             check_metadata(pf.schema_arrow, table_name, url)
-            return pf.read(columns=columns)
+            return pf.read(columns=columns, use_threads=False)  # see shard_list._manifest_rows
 
     try:  # storage errors are retried, then raise retry.StorageError (exit 3), never "not Parquet"
         return retry_io(read, f"reading {url}")

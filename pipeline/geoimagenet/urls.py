@@ -261,7 +261,7 @@ def unique_photo_ids(entries: str) -> np.ndarray:
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         parts = [
-            np.unique(pf.read_row_group(i, columns=["photo_id"]).column(0).to_numpy())
+            np.unique(pf.read_row_group(i, columns=["photo_id"], use_threads=False).column(0).to_numpy())
             for i in range(pf.num_row_groups)
         ]
     if not parts:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
-from geo_ssl.training.models.methods import build_model
+from geo_ssl.training.methods import get_method
 from geo_ssl.training.trainer.config import PretrainConfig, resolved_bn_splits
 from geo_ssl.training.trainer.loop import pretrain
 from geo_ssl.training.trainer.run_log import read_metrics
@@ -42,7 +42,8 @@ def _rss_mb() -> tuple[float, float]:
 def bench_baseline(cfg: PretrainConfig, steps: int) -> float:
     """Steps/s of forward + backward + SGD on fixed random tensors (no data loading at all)."""
     torch.manual_seed(0)
-    model = build_model(cfg, n_clusters=cfg.n_clusters, bn_splits=resolved_bn_splits(cfg, 1))
+    method = get_method(cfg.method)
+    model = method.family.build(cfg, method, n_clusters=cfg.n_clusters, bn_splits=resolved_bn_splits(cfg, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     s, b = cfg.image_size, cfg.batch_size
     q, k, geo = torch.randn(b, 3, s, s), torch.randn(b, 3, s, s), torch.randint(0, cfg.n_clusters, (b,))

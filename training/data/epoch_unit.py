@@ -82,7 +82,9 @@ def _from_sample_index(shards: list[str], storage_options: dict | None) -> dict[
             if not fs.exists(path):
                 continue
             with fs.open(path, "rb") as f:
-                rows = pq.read_table(f, columns=["shard", "key", "views", "offset"]).to_pylist()
+                rows = pq.read_table(
+                    f, columns=["shard", "key", "views", "offset"], use_threads=False
+                ).to_pylist()
         except (OSError, ValueError, KeyError):
             continue  # an unreadable or older index: the headers say the same, only slower
         by_shard: dict[str, list[dict]] = {}

@@ -454,8 +454,11 @@ class DeviceDataPath:
         rank: int = 0,
         channels_last: bool = True,
         prefetch: int = 2,
+        augmentation: MocoV2Augment | None = None,
     ) -> None:
         self.augment = GpuAugment(image_size, device, augment=augment, channels_last=channels_last)
+        if augment and augmentation is not None:  # the CPU loader's (--crop, --crop-scale), the same sampler
+            self.augment.aug = augmentation
         self.seed, self.rank, self.prefetch = seed, rank, prefetch
 
     def batches(self, batches: Iterable[dict], epoch: int, start_step: int = 0) -> Iterator[dict]:

@@ -109,11 +109,10 @@ from geo_ssl.training.data.epoch_unit import (
     shard_views,
     unit_counts,
 )
-from geo_ssl.training.data.gassl_crop import augment_for
 from geo_ssl.training.data.listing_cache import cached_shard_set
 from geo_ssl.training.data.selection import Picked, pick_views, read_meta, render_views, seed_of
 from geo_ssl.training.data.shard_cache import NotTheShardError, ShardCache
-from geo_ssl.training.data.shard_io import RetryPolicy, ShardReadError, open_with_retries
+from geo_ssl.training.data.shard_io import ShardReadError, loader_policy, open_with_retries
 from geo_ssl.training.data.shard_list import ALL_SPLITS, ShardSet, resolve_shards, shard_counts
 from geo_ssl.training.data.tar_stream import (
     _MAX_ERRORS_KEPT,
@@ -166,8 +165,9 @@ class LoaderConfig:
     cache_limit: int | str = "20G"
     read_attempts: int = 6
     epoch_unit: str = "location"  # "image": each location once per view (GASSL's epoch; epoch_unit.py)
-    crop: str = "moco"  # "gassl": GASSL's +TP crop (gassl_crop.py)
-    crop_scale: float = 0.0  # smallest crop area, a fraction of the view (0 = the crop's own: 0.2 / 0.08)
+    # the training augmentation, built once by the caller (gassl_crop.augment_for: --crop, --crop-scale);
+    # None = MoCo-v2's at image_size
+    augmentation: MocoV2Augment | None = None
     output: str = "float"  # "uint8": unnormalised 8-bit batches (module doc); decode="defer" ignores it
 
     def __post_init__(self) -> None:
@@ -198,7 +198,7 @@ class _Source:
         is not the manifest's (its sha256) is left out like select_shards' (strict: refused)."""
         url = self.shards[sl.shard]
         stats = errors.stats
-        policy = RetryPolicy(attempts=max(1, self.read_attempts))
+        policy = loader_policy(self.read_attempts)
 
         def on_retry(message: str) -> None:
             stats.retries += 1
@@ -284,8 +284,7 @@ class _Spec:
     layout: str = "views"  # "pairs": (q, k) tensors; "views": [B, N, ...]
     decode: str = "cpu"
     unit_views: list[ShardViews] | None = None  # epoch_unit "image": plan positions are views
-    crop: str = "moco"
-    crop_scale: float = 0.0
+    augmentation: MocoV2Augment | None = None
     output: str = "float"
 
 
@@ -391,7 +390,7 @@ class _TrainStream(_WorkerStream):
             _shuffled(picked(first_pass, errors), spec.shuffle_buffer, rng_buf),
             picked(self._refill(block, stats), SampleErrors(LoaderStats(), strict=False)),
         )
-        aug = augment_for(spec.crop, spec.image_size, spec.crop_scale)
+        aug = spec.augmentation or MocoV2Augment(image_size=spec.image_size)
         for j in range(logical, spec.plan.steps, spec.n_workers):
             batch = [next(items) for _ in range(spec.batch_size)]
             if j < spec.start_step:
@@ -761,7 +760,8 @@ def _train_loader(
         _say_left_out(chosen)
     shards, pairs = chosen.shards, chosen.counts
     counts = [s for s, _ in pairs]
-    augment_for(cfg.crop, cfg.image_size, cfg.crop_scale)  # checks the name and scale up front
+    if cfg.augmentation is not None and cfg.augmentation.image_size != cfg.image_size:
+        raise ValueError(f"augmentation for {cfg.augmentation.image_size} px, loader at {cfg.image_size} px")
     unit_views = None
     if check_unit(cfg.epoch_unit) == "image":  # plan over views: each location once per view
         unit_views = shard_views(shards, pairs, cfg.storage_options)
@@ -788,8 +788,7 @@ def _train_loader(
         layout=layout,
         decode=cfg.decode,
         unit_views=unit_views,
-        crop=cfg.crop,
-        crop_scale=cfg.crop_scale,
+        augmentation=cfg.augmentation,
         output=cfg.output,
     )
     return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0, chosen if rank == 0 else None)

@@ -206,7 +206,11 @@ def _manifest_rows(folder: str, storage_options: dict | None) -> dict[str, dict]
             return {}
         pf = pq.ParquetFile(io.BytesIO(retry_io(lambda: fs.cat_file(path), f"reading {url}")))
         check_metadata(pf.schema_arrow, "shard_manifest", url)
-        rows = pf.read(columns=["shard", "split", "samples", "views", "bytes", "sha256"]).to_pylist()
+        # One thread: a pool thread of a threaded read could still be releasing the Python buffer when the
+        # interpreter exits, and aborted it ("terminate called without an active exception", exit 134
+        # instead of a one-line error's 2; seen after torch was imported, which lengthens the exit).
+        columns = ["shard", "split", "samples", "views", "bytes", "sha256"]
+        rows = pf.read(columns=columns, use_threads=False).to_pylist()
     except (SchemaError, OSError, ValueError) as exc:
         raise GeoSSLError(f"{url}: unreadable shard manifest ({exc})") from exc
     return {r["shard"]: r for r in rows}

@@ -60,8 +60,9 @@ def backbone_state_dict(
     from geo_ssl.training.trainer.checkpoint import FORMAT
 
     if ckpt.get("format") == FORMAT:
-        from geo_ssl.training.models.methods import get_method
+        from geo_ssl.training.methods import get_method, load_plugins
 
+        load_plugins(str((ckpt.get("config") or {}).get("plugins", "")))  # a plug-in method's checkpoint
         sd, prefix = ckpt["model"], get_method(ckpt["method"]).backbone_prefix
         meta = {"source": "geo-ssl", "method": ckpt["method"], "step": ckpt["step"], "epoch": ckpt["epoch"]}
         meta["config"] = dict(ckpt.get("config") or {})

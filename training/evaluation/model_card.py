@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-#: One line per method name of geo-pretrain (the paper's names in brackets).
-METHODS = {
-    "moco": "MoCo-v2: two augmentations of one image are the positive pair",
-    "moco+tp": "MoCo-v2 with temporal positives: two images of one location taken at different times (GASSL 'MoCo-v2+TP')",
-    "moco+geo": "MoCo-v2 plus a geo-location pretext loss: predict the K-means cluster of the image's coordinates (GASSL 'MoCo-v2+Geo')",
-    "moco+geo+tp": "MoCo-v2 with temporal positives and the geo-location loss (GASSL 'MoCo-v2+TP+Geo')",
-    "simclr": "SimCLR: two augmentations of one image, in-batch negatives",
-    "simclr+tp": "SimCLR with temporal positives",
-}
+
+def method_text(method: str) -> str:
+    """The method's one line (its family's model-card text), or what an unknown one gets."""
+    from geo_ssl.training.methods import get_method
+
+    try:
+        return get_method(method).description
+    except Exception:  # not a geo-pretrain method name (an imported MoCo / GASSL checkpoint)
+        return "recorded by the source checkpoint"
 
 
 def loading_code(arch: str, fmt: str, filename: str) -> dict[str, str]:
@@ -58,7 +58,7 @@ def render(card: dict[str, Any]) -> str:
         "| | |",
         "|---|---|",
         _row("architecture", f"`{arch}` (torchvision and timm share the key names); `fc` not included"),
-        _row("method", f"`{method}`: {METHODS.get(str(method), 'recorded by the source checkpoint')}"),
+        _row("method", f"`{method}`: {method_text(str(method))}"),
         _row("source", card["source"]),
         _row(
             "training",

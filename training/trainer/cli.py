@@ -1,7 +1,8 @@
-"""`geo-pretrain`: MoCo-v2 (+temporal positives, +geo head) or SimCLR on geo-ssl shards.
+"""`geo-pretrain`: MoCo-v2 (+temporal positives, +geo head), SimCLR, BYOL or a plug-in method on geo-ssl shards.
 
     geo-pretrain --data SHARDS --out runs/r50 [--config run.toml] [--method moco+geo+tp] [--resume]
     geo-pretrain --preset gassl-fmow-moco-geo-tp --data SHARDS --out runs/gassl   (--preset list)
+    geo-pretrain --plugins my_pkg.my_method --method my-method --data SHARDS --out runs/mine
     torchrun --nproc_per_node 8 -m geo_ssl.training.trainer.cli --config run.toml
 
 A TOML file sets any field (same names, e.g. `batch_size = 256`); flags override it. Exit status: 0 done,
@@ -75,7 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_flag_plugins(argv: Sequence[str] | None) -> None:
+    """Import the --plugins modules before the parser is built, so that their methods' options are flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins", default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.plugins:
+        from geo_ssl.training.methods import load_plugins
+
+        load_plugins(known.plugins)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        load_flag_plugins(argv)
+    except GeoSSLError as exc:
+        print(f"geo-pretrain: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     args = build_parser().parse_args(argv)
     try:
         if args.preset == "list":

@@ -28,17 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
-from geo_ssl.training.data.gassl_crop import augment_for
 from geo_ssl.training.data.gpu_augment import DeviceDataPath, resolve_data_path
+from geo_ssl.training.methods import get_method
 from geo_ssl.training.models.backbone import FeatureExtractor
 from geo_ssl.training.models.knn import extract_features, knn_top1
-from geo_ssl.training.models.methods import (
-    batch_inputs,
-    build_model,
-    get_method,
-    make_loader,
-    resolve_n_clusters,
-)
 from geo_ssl.training.trainer.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -67,7 +60,8 @@ from geo_ssl.training.trainer.distributed import (
     init_distributed,
     shutdown,
 )
-from geo_ssl.training.trainer.preflight import preflight
+from geo_ssl.training.trainer.feed import augmentation, make_loader
+from geo_ssl.training.trainer.preflight import preflight, resolve_n_clusters
 from geo_ssl.training.trainer.run_folder import RunLock, prepare_run_folder, remove_stale_temps
 from geo_ssl.training.trainer.run_log import RunLog
 from geo_ssl.training.trainer.run_store import RunStore
@@ -193,22 +187,23 @@ class Trainer:
     def _build(self, ckpt: dict[str, Any] | None) -> None:
         cfg, ctx = self.cfg, self.ctx
         self.method = get_method(cfg.method)
+        self.family = self.method.family
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
             torch.use_deterministic_algorithms(True)
         # The data first: a missing or too small split is reported before anything else about it.
         # 8-bit batches, normalised on ctx.device in batch_inputs: 4x fewer bytes to move, no float pass
         # on the loader's cores; the float output's values (bit-identical on CPU, within 4e-7 on a GPU)
-        self.loader = make_loader(cfg, ctx.rank, ctx.world_size, output="uint8")
+        aug = augmentation(cfg)  # built once: the loader's workers and the GPU data path share it
+        self.loader = make_loader(cfg, ctx.rank, ctx.world_size, output="uint8", aug=aug)
         self.device_data = None  # --data-path gpu decodes + augments the loader's JPEGs here
         if resolve_data_path(cfg.data_path, ctx.device) == "gpu":
-            self.device_data = DeviceDataPath(ctx.device, cfg.image_size, cfg.augment, cfg.seed, ctx.rank)
-            if cfg.augment:  # --crop gassl on the device path too (the same sampler)
-                self.device_data.augment.aug = augment_for(cfg.crop, cfg.image_size, cfg.crop_scale)
+            self.device_data = DeviceDataPath(ctx.device, cfg.image_size, cfg.augment, cfg.seed, ctx.rank,
+                                              augmentation=aug)  # fmt: skip
         self.n_clusters = ckpt["n_clusters"] if ckpt else resolve_n_clusters(cfg)
         self.bn_splits = resolved_bn_splits(cfg, ctx.world_size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = build_model(cfg, self.n_clusters, self.bn_splits).to(ctx.device)
+        model = self.family.build(cfg, self.method, self.n_clusters, self.bn_splits).to(ctx.device)
         self.channels_last = cfg.channels_last and ctx.device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -225,9 +220,9 @@ class Trainer:
                 f"{cfg.batch_size // ctx.world_size} per rank"
             )
         per_epoch = self.steps_per_epoch * cfg.batch_size
-        if self.method.family == "moco" and cfg.moco_k > per_epoch - cfg.batch_size:
-            _say(ctx, f"=> warning: moco_k={cfg.moco_k} > {per_epoch - cfg.batch_size}: the queue will hold a key of "
-                      "the query's own location from the previous epoch (a false negative); use a smaller K")  # fmt: skip
+        advice = self.family.advice(cfg, per_epoch)
+        if advice:
+            _say(ctx, f"=> warning: {advice}")
         self.total_steps = cfg.epochs * self.steps_per_epoch  # what the lr schedule spans
         self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         if ckpt and ckpt["step"] >= self.stop_at:
@@ -474,7 +469,9 @@ class Trainer:
                         return stop.received
                     raise
                 window["data"] += time.perf_counter() - t0
-                inputs = batch_inputs(self.method, batch, ctx.device, self.channels_last, self.n_clusters)
+                inputs = self.family.inputs(
+                    self.method, batch, ctx.device, self.channels_last, self.n_clusters
+                )
                 with torch.autocast(
                     ctx.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
@@ -485,6 +482,7 @@ class Trainer:
                 self.scaler.update()
                 self.scheduler.step()
                 self.step += 1
+                self.family.on_step(cfg, self.model, self.step, self.total_steps)  # e.g. BYOL's EMA target
                 self.epoch_step += 1
                 now = time.perf_counter()
                 window["wall"] += now - t_last

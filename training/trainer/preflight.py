@@ -1,7 +1,11 @@
-"""Checks that need no torch: run by the CLI before the heavy imports, and again by the trainer.
+"""Checks that need no data loading and no model: run by the CLI before the loader and the model are set
+up, and again by the trainer.
 
-Every mistake found here is one GeoSSLError line (exit 2) within a fraction of a second, instead of
-after torch, the loader and the model have been set up.
+Every mistake found here is one GeoSSLError line (exit 2) within a second or two, instead of after the
+loader and the model have been set up. The config's own fields and the data (its manifest, read with
+pyarrow) are checked first, before the method families import torch: pyarrow reading Parquet for the
+first time after torch was loaded sometimes aborted the interpreter at exit ("terminate called without
+an active exception", exit 134 instead of 2).
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import os
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.retry import StorageError, retry_io
-from geo_ssl.training.trainer.config import PretrainConfig, validate
+from geo_ssl.schemas.dataset_card import check_card, refuse_temporal
+from geo_ssl.training.trainer.config import PretrainConfig, checked_method, validate_fields, validate_method
 from geo_ssl.training.trainer.run_folder import output_problem
 
 
 def preflight(cfg: PretrainConfig, world_size: int = 1) -> None:
     """Validate the config, that a local --data exists, that --out can be a run folder, that one batch
     fits in the split and that --n-clusters covers the data's clusters."""
-    validate(cfg, world_size)
+    validate_fields(cfg, world_size)
     check_data_exists(cfg.data)
     check_data_card(cfg.data)
     if fsio.is_local(cfg.out):
@@ -29,6 +34,7 @@ def preflight(cfg: PretrainConfig, world_size: int = 1) -> None:
     else:  # object storage (run_store.py): reachable with these storage options, before any work
         retry_io(lambda: fsio.exists(cfg.out), f"--out {cfg.out}: checking the run folder")
     check_batch_fits(cfg, world_size)
+    validate_method(cfg, world_size)  # imports the method families, and torch
     check_n_clusters(cfg)
     check_temporal_positives(cfg)
 
@@ -56,7 +62,7 @@ def check_batch_fits(cfg: PretrainConfig, world_size: int = 1) -> None:
 def check_n_clusters(cfg: PretrainConfig) -> None:
     """A --n-clusters below the data's cluster count is refused (the geo loss would fail mid-run on the
     first sample of a higher cluster); above it only wastes outputs, so it is allowed."""
-    if "geo" not in cfg.method or not cfg.n_clusters:
+    if not checked_method(cfg).geo or not cfg.n_clusters:
         return
     data_k, where = data_cluster_count(cfg.data)
     if data_k and cfg.n_clusters < data_k:
@@ -69,9 +75,7 @@ def check_n_clusters(cfg: PretrainConfig) -> None:
 def check_temporal_positives(cfg: PretrainConfig) -> None:
     """A +tp method on shards whose card says they hold one image per sample or per location (--layout
     views, GeoImageNet) would train on the query's own image as its key: refused here, before torch."""
-    if cfg.method.endswith("+tp"):
-        from geo_ssl.pipeline.shards.sample_extras import refuse_temporal
-
+    if checked_method(cfg).temporal:
         refuse_temporal(cfg.data, cfg.method)
 
 
@@ -88,8 +92,6 @@ def check_data_card(data: str) -> None:
     string, broken JSON, fields of the wrong type) is refused on one line: the readers of the card
     (cluster count, temporal positives) expect its fields. No card, or a store that does not answer
     (the shard listing reports that, or uses --cache-dir's copy), is no refusal here."""
-    from geo_ssl.pipeline.shards.card import check_card
-
     if not isinstance(data, str) or "{" in data or data.endswith(".tar"):
         return  # a shard pattern: no card beside it
     url = fsio.join(data, "dataset.json")
@@ -129,3 +131,19 @@ def _find_k(card: dict) -> int:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return 0
+
+
+def resolve_n_clusters(cfg: PretrainConfig) -> int:
+    """The geo head's classes: cfg.n_clusters, or the cluster count recorded beside the shards (a build
+    folder's dataset card); 0 for a method without the geo head."""
+    if not checked_method(cfg).geo:
+        return 0
+    data_k, _ = data_cluster_count(cfg.data)
+    if cfg.n_clusters:
+        check_n_clusters(cfg)
+        return cfg.n_clusters
+    if data_k:
+        return data_k
+    raise GeoSSLError(
+        f"{cfg.data}: no cluster count found in dataset.json or index/cluster_stats.json; pass --n-clusters"
+    )

@@ -9,7 +9,7 @@ import torch
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.training.data.augment import augment_crop, finish_views, normalize_batch, uint8_batch
 from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader, views_loader
-from geo_ssl.training.models.methods import batch_inputs, get_method
+from geo_ssl.training.methods import get_method
 from tests.shard_fixtures import make_tiny_shards
 
 
@@ -83,8 +83,8 @@ def test_batch_inputs_normalise_uint8_on_the_device_as_the_float_path(shards):
     b = next(iter(pretrain_loader(_cfg(shards, epoch_samples=4, output="uint8"))))
     method, cpu = get_method("moco+geo+tp"), torch.device("cpu")
     for channels_last in (False, True):
-        qf, kf, gf = batch_inputs(method, f, cpu, channels_last, n_clusters=4)
-        qb, kb, gb = batch_inputs(method, b, cpu, channels_last, n_clusters=4)
+        qf, kf, gf = method.family.inputs(method, f, cpu, channels_last, n_clusters=4)
+        qb, kb, gb = method.family.inputs(method, b, cpu, channels_last, n_clusters=4)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         assert qb.dtype == torch.float32 and qb.is_contiguous(memory_format=fmt)
         assert (qb - qf).abs().max() < 1e-6 and (kb - kf).abs().max() < 1e-6 and torch.equal(gb, gf)
@@ -104,7 +104,7 @@ def test_the_trainer_reads_uint8_batches_and_feeds_the_model_the_float_values(sh
         trainer._build(trainer._configure())
         batch = next(iter(trainer.loader))
         assert batch["q"].dtype == torch.uint8
-        q, _, _ = batch_inputs(trainer.method, batch, torch.device("cpu"), False, 4)
+        q, _, _ = trainer.family.inputs(trainer.method, batch, torch.device("cpu"), False, 4)
         floats = next(iter(pretrain_loader(_cfg(shards, batch_size=4, shuffle_buffer=4))))
         assert floats["key"] == batch["key"]
         assert (q - floats["q"]).abs().max() < 1e-6
