@@ -1,10 +1,13 @@
-"""`geo-eval`: frozen evaluation of a pretrained backbone on the shards' category labels.
+"""`geo-eval`: evaluation of a pretrained backbone on the shards' category labels.
 
     geo-eval linear-probe --weights RUN/checkpoint-last.pt --data SHARDS [--epochs 100 --lr 1 ...]
+    geo-eval finetune --weights RUN/checkpoint-last.pt --data SHARDS [--epochs 100 --lr 0.001 ...]
     geo-eval knn --weights backbone.pth --data SHARDS [--k 200 --t 0.1]
 
 --weights takes a geo-pretrain checkpoint, an exported backbone, an official MoCo / GASSL checkpoint,
-or `random` (with --arch) for the random-init baseline. Both print top-1 and write a JSON result.
+or `random` (with --arch) for the random-init baseline. Each prints top-1, macro F1 and the per-location
+top-1 (a location's views vote; n/a where every location has one view) and writes a JSON result that
+also says which epoch the figure is from (linear-probe, finetune: the last).
 """
 
 from __future__ import annotations
@@ -76,6 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-val", type=int, default=0, help="cap on validation images (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     _same_split_flag(p, "--val-split", "--train-split")
+    p = sub.add_parser(
+        "finetune",
+        help="train the whole network and a new fc on the train split (GASSL's fine-tune protocol)",
+        epilog=EPILOG,
+    )
+    _common(p)  # --batch-size is the training batch too (GASSL: 256)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.001,
+                   help="lr for a batch of 256, scaled by --batch-size/256 (default 0.001, GASSL's fine-tune)")  # fmt: skip
+    p.add_argument(
+        "--schedule", choices=("step", "cosine"), default="step", help="x0.1 at 60%%/80%%, or cosine"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--bn", choices=("frozen", "train"), default="frozen",
+                   help="frozen: BatchNorm keeps the pretrained statistics (GASSL trains in eval mode); "
+                        "train: BN updates them")  # fmt: skip
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="MoCo-v2 augmentation of train images (default); --no-augment: the eval transform")  # fmt: skip
+    p.add_argument("--crop-scale", type=float, default=0.0,
+                   help="smallest random crop, a fraction of the view (0 = MoCo-v2's 0.2)")  # fmt: skip
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="outputs of the new fc (0 = the largest category id in DATA/dataset.json + 1)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = all epochs)")
+    p.add_argument("--max-val", type=int, default=0, help="cap on validation images (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    _same_split_flag(p, "--val-split", "--train-split")
     p = sub.add_parser("knn", help="weighted kNN (cosine) with the bank split's labels", epilog=EPILOG)
     _common(p)
     p.add_argument("--bank-split", default="train")
@@ -96,7 +127,7 @@ def _same_split_flag(p: argparse.ArgumentParser, held_out: str, fitted: str) -> 
 
 def _splits(args: argparse.Namespace) -> tuple[tuple[str, str], tuple[str, str]]:
     """((flag, split) fitted on, (flag, split) scored) of the command."""
-    if args.command == "linear-probe":
+    if args.command in ("linear-probe", "finetune"):
         return ("--train-split", args.train_split), ("--val-split", args.val_split)
     return ("--bank-split", args.bank_split), ("--query-split", args.query_split)
 
@@ -129,7 +160,11 @@ def check_args(args: argparse.Namespace) -> None:
         bad("--image-size", args.image_size, "must be >= 32")
     if args.num_workers < 0:
         bad("--num-workers", args.num_workers, "must be >= 0")
-    ints = ("max_train", "max_val") if args.command == "linear-probe" else ("max_bank", "max_query")
+    ints = {
+        "linear-probe": ("max_train", "max_val"),
+        "finetune": ("max_steps", "max_val", "num_classes"),
+        "knn": ("max_bank", "max_query"),
+    }[args.command]
     for name in ints:
         if getattr(args, name) < 0:
             bad("--" + name.replace("_", "-"), getattr(args, name), "must be >= 0 (0 = all)")
@@ -145,8 +180,10 @@ def check_args(args: argparse.Namespace) -> None:
             bad("--lr", args.lr, "must be a finite number > 0")
         if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
             bad("--weight-decay", args.weight_decay, "must be a finite number >= 0")
-        if args.probe_batch_size <= 0:
+        if args.command == "linear-probe" and args.probe_batch_size <= 0:
             bad("--probe-batch-size", args.probe_batch_size, "must be > 0")
+        if args.command == "finetune" and not 0 <= args.crop_scale <= 1:
+            bad("--crop-scale", args.crop_scale, "must be in (0, 1], or 0 for MoCo-v2's 0.2")
     (fit_flag, _), (score_flag, score) = _splits(args)
     if _same_split(args) and not args.allow_same_split:
         # kNN: every query is its own nearest neighbour (top-1 jumped from 0% to 84.9%); linear probe:
@@ -190,6 +227,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         result.update(lr=lr, epochs=args.epochs, schedule=args.schedule, train_split=args.train_split,
                       val_split=args.val_split)  # fmt: skip
+    elif args.command == "finetune":
+        result = _finetune(args, resnet, device)
     else:
         bank = extract_features(extractor, _loader(args, args.bank_split), device, max_samples=args.max_bank,
                                 desc="bank features")  # fmt: skip
@@ -208,6 +247,33 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     loaders = args.__dict__.get("_loaders", [])
     result.update(skipped_samples=sum(ld.stats.corrupt for ld in loaders),
                   skipped_errors=[e for ld in loaders for e in ld.stats.errors][:5])  # fmt: skip
+    return result
+
+
+def _finetune(args: argparse.Namespace, resnet: Any, device: Any) -> dict[str, Any]:
+    from geo_ssl.training.data.gassl_crop import augment_for
+    from geo_ssl.training.data.loader import LoaderConfig, views_loader
+    from geo_ssl.training.evaluation.finetune import card_classes, finetune
+
+    n_classes = args.num_classes or card_classes(args.data)
+    if not n_classes:
+        raise GeoSSLError(f"--data {args.data}: no dataset.json listing the categories; give --num-classes")
+    cfg = LoaderConfig(
+        urls=args.data, split=args.train_split, batch_size=args.batch_size, image_size=args.image_size,
+        temporal=False, augment=args.augment, num_workers=args.num_workers, seed=args.seed,
+        strict=args.strict, epoch_unit="image",
+        augmentation=augment_for("moco", args.image_size, args.crop_scale),  # MoCo-v2's (finetune.py)
+    )  # fmt: skip
+    train = views_loader(cfg, n_views=1)  # one augmented view of each image per epoch (GASSL's epoch)
+    args.__dict__.setdefault("_loaders", []).append(train)
+    lr = args.lr * args.batch_size / 256
+    result = finetune(
+        resnet, train, _loader(args, args.val_split), device, n_classes, epochs=args.epochs, lr=lr,
+        weight_decay=args.weight_decay, schedule=args.schedule, bn=args.bn, max_steps=args.max_steps,
+        max_val=args.max_val, seed=args.seed,
+    )  # fmt: skip
+    result.update(lr=lr, epochs=args.epochs, schedule=args.schedule, batch_size=args.batch_size, bn=args.bn,
+                  augment=args.augment, train_split=args.train_split, val_split=args.val_split)  # fmt: skip
     return result
 
 
@@ -249,9 +315,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if result.get("skipped_samples"):
         print(f"geo-eval: skipped {result['skipped_samples']} unreadable samples "
               f"(first: {result['skipped_errors'][0]}); --strict stops at the first", file=sys.stderr)  # fmt: skip
-    print(
-        f"{args.command} top-1: {result['top1']:.2f}% ({result.get('n_val', result.get('query'))} images){where}"
-    )
+    from geo_ssl.training.models.metrics import format_report
+
+    epoch = f", {result['reported']}" if "reported" in result else ""
+    n = result.get("n_val", result.get("query"))
+    print(f"{args.command} {format_report(result)} ({n} images{epoch}){where}")
 
 
 if __name__ == "__main__":

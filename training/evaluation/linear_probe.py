@@ -6,6 +6,10 @@ backbone is a fixed function, so its features are computed once per image (eval 
 augmentation) and only fc = Linear(D, classes) is trained: SGD momentum 0.9, weight decay 0, fc init
 N(0, 0.01) and bias 0, cosine or step (x0.1 at 60% and 80%) schedule. Afterwards every backbone tensor
 is compared with the snapshot taken before, as MoCo's sanity_check does.
+
+The headline figure is the last epoch's ("reported": "last-epoch"). GASSL's main_lincls.py scores the
+test split after every epoch and keeps the best (`best_acc1`): picking the epoch on the split that is
+reported tunes on the test set, so that figure is only added beside it, labelled `best_epoch_top1`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 
 from geo_ssl.pipeline.common.progress import progress
 from geo_ssl.training.models.knn import Features, extract_features, require_labels
+from geo_ssl.training.models.metrics import classification_report
 from geo_ssl.training.trainer.schedule import LrFactor
 
 
@@ -45,7 +50,8 @@ def train_linear(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train fc on fixed features; top-1 / top-5 (%) on `val` after the last epoch."""
+    """Train fc on fixed features; top-1 / top-5 / macro F1 (%) and the per-location top-1 on `val` after
+    the last epoch, with the best epoch's top-1 beside it (module doc: why not the headline)."""
     gen = torch.Generator().manual_seed(seed)
     fc = nn.Linear(train.feats.shape[1], n_classes)
     with torch.no_grad():
@@ -54,7 +60,7 @@ def train_linear(
     opt = torch.optim.SGD(fc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps_per_epoch = max(1, -(-len(train.labels) // batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(schedule, epochs * steps_per_epoch))
-    history = []
+    history, val_top1 = [], []
     for _ in progress(range(epochs), total=epochs, desc="linear probe", unit="epoch"):
         order = torch.randperm(len(train.labels), generator=gen)
         total = 0.0
@@ -67,12 +73,21 @@ def train_linear(
             sched.step()
             total += loss.item() * len(idx)
         history.append(total / max(1, len(order)))
+        with torch.no_grad():
+            val_top1.append((fc(val.feats).argmax(1) == val.labels).double().mean().item() * 100)
     with torch.no_grad():
-        logits = fc(val.feats)
-        top5 = logits.topk(min(5, n_classes), dim=1).indices
-        acc1 = (top5[:, 0] == val.labels).float().mean().item() * 100
-        acc5 = (top5 == val.labels[:, None]).any(1).float().mean().item() * 100
-    return {"top1": acc1, "top5": acc5, "train_loss_first": history[0], "train_loss_last": history[-1]}
+        result = classification_report(F.softmax(fc(val.feats), dim=1), val.labels, val.keys)
+    best = max(range(epochs), key=val_top1.__getitem__)
+    result.update(
+        reported="last-epoch",
+        reported_why="the epoch is not chosen on the split it is scored on (that would tune on the test set)",
+        best_epoch_top1=val_top1[best],
+        best_epoch=best + 1,
+        best_epoch_note="GASSL main_lincls.py best_acc1: the epoch picked on this same split",
+        train_loss_first=history[0],
+        train_loss_last=history[-1],
+    )
+    return result
 
 
 def linear_probe(

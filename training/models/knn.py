@@ -22,6 +22,7 @@ from torch import nn
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
+from geo_ssl.training.models.metrics import classification_report
 
 
 def require_labels(*sets: Features) -> None:
@@ -87,6 +88,29 @@ def normalized(features: Features) -> Features:
     return Features(F.normalize(features.feats, dim=1), features.labels, features.keys)
 
 
+def knn_scores(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    n_classes: int,
+    k: int = 200,
+    T: float = 0.1,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Per query row, each class's share of the neighbours' vote weight (rows sum to 1; features already
+    L2-normalised): the kNN's class probabilities, which a location's views average (metrics.py)."""
+    k = min(k, bank.shape[0])
+    out = []
+    for start in range(0, query.shape[0], chunk):
+        sim = query[start : start + chunk] @ bank.T  # q x N
+        top_sim, top_idx = sim.topk(k, dim=1)  # q x k
+        weights = (top_sim / T).exp()
+        votes = torch.zeros(sim.shape[0], n_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, bank_labels[top_idx], weights)
+        out.append(votes / votes.sum(1, keepdim=True))
+    return torch.cat(out) if out else torch.empty(0, n_classes)
+
+
 def knn_predict(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -97,30 +121,21 @@ def knn_predict(
     chunk: int = 1024,
 ) -> torch.Tensor:
     """Predicted class per query row (features already L2-normalised)."""
-    k = min(k, bank.shape[0])
-    preds = []
-    for start in range(0, query.shape[0], chunk):
-        sim = query[start : start + chunk] @ bank.T  # q x N
-        top_sim, top_idx = sim.topk(k, dim=1)  # q x k
-        weights = (top_sim / T).exp()
-        votes = torch.zeros(sim.shape[0], n_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return knn_scores(query, bank, bank_labels, n_classes, k=k, T=T, chunk=chunk).argmax(1)
 
 
 def knn_top1(bank: Features, query: Features, k: int = 200, T: float = 0.1) -> dict:
-    """Top-1 accuracy (%) of kNN on `query` with `bank` as the labelled memory."""
+    """Top-1 accuracy (%) of kNN on `query` with `bank` as the labelled memory, with macro F1 and the
+    per-location top-1 where a location's views vote (metrics.classification_report)."""
     if k < 1 or not (T > 0 and math.isfinite(T)):
         raise ValueError(f"kNN needs k >= 1 and a finite T > 0 (k={k}, T={T})")
     if len(bank.labels) == 0 or len(query.labels) == 0:
         raise ValueError("kNN needs a non-empty bank and query set")
     require_labels(bank, query)
     n_classes = int(max(bank.labels.max(), query.labels.max())) + 1
-    pred = knn_predict(query.feats, bank.feats, bank.labels, n_classes, k=k, T=T)
-    top1 = (pred == query.labels).float().mean().item() * 100
+    scores = knn_scores(query.feats, bank.feats, bank.labels, n_classes, k=k, T=T)
     return {
-        "top1": top1,
+        **classification_report(scores, query.labels, query.keys),
         "k": min(k, len(bank.labels)),
         "t": T,
         "bank": len(bank.labels),
