@@ -77,7 +77,7 @@ def read_table(url: str, table_name: str, columns: list[str] | None = None) -> p
 
     def read() -> pa.Table:
         with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, pre_buffer=False)
             check_metadata(pf.schema_arrow, table_name, url)
             return pf.read(columns=columns, use_threads=False)  # see shard_list._manifest_rows
 

@@ -121,7 +121,7 @@ def read_entries(out: str, columns: list[str] | None = None) -> pa.Table:
 
     def read() -> pa.Table:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=columns, use_threads=False)
+            return pq.read_table(f, columns=columns, use_threads=False, pre_buffer=False)
 
     return retry_io(read, f"reading {url}")
 

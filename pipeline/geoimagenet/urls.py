@@ -259,7 +259,7 @@ def unique_photo_ids(entries: str) -> np.ndarray:
     """Sorted unique photo ids of an entries file (one int64 column in memory, 8 bytes per entry)."""
     fs, path = fsio.get_fs(entries)
     with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, pre_buffer=False)
         parts = [
             np.unique(pf.read_row_group(i, columns=["photo_id"], use_threads=False).column(0).to_numpy())
             for i in range(pf.num_row_groups)

@@ -22,7 +22,11 @@ def land_polygons() -> tuple:
     """The land polygons (lon/lat degrees), largest first."""
     ref = resources.files("geo_ssl.pipeline.report").joinpath("data", LAND_FILE)
     with ref.open("rb") as f:
-        wkb = pq.read_table(f, columns=["geometry"], use_threads=False).column("geometry").to_pylist()
+        wkb = (
+            pq.read_table(f, columns=["geometry"], use_threads=False, pre_buffer=False)
+            .column("geometry")
+            .to_pylist()
+        )
     return tuple(shapely.from_wkb(wkb))
 
 

@@ -33,7 +33,7 @@ def read_extras(index: str) -> dict[str, str] | None:
         return None
     fs, path = fsio.get_fs(url)
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=["location_key", "extra"], use_threads=False)
+        table = pq.read_table(f, columns=["location_key", "extra"], use_threads=False, pre_buffer=False)
     return dict(zip(table.column("location_key").to_pylist(), table.column("extra").to_pylist(), strict=True))
 
 

@@ -83,7 +83,7 @@ def _from_sample_index(shards: list[str], storage_options: dict | None) -> dict[
                 continue
             with fs.open(path, "rb") as f:
                 rows = pq.read_table(
-                    f, columns=["shard", "key", "views", "offset"], use_threads=False
+                    f, columns=["shard", "key", "views", "offset"], use_threads=False, pre_buffer=False
                 ).to_pylist()
         except (OSError, ValueError, KeyError):
             continue  # an unreadable or older index: the headers say the same, only slower

@@ -204,11 +204,12 @@ def _manifest_rows(folder: str, storage_options: dict | None) -> dict[str, dict]
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or options_for(url)))
         if not retry_io(lambda: fs.exists(path), f"reading {url}"):
             return {}
-        pf = pq.ParquetFile(io.BytesIO(retry_io(lambda: fs.cat_file(path), f"reading {url}")))
+        data = retry_io(lambda: fs.cat_file(path), f"reading {url}")
+        pf = pq.ParquetFile(io.BytesIO(data), pre_buffer=False)
         check_metadata(pf.schema_arrow, "shard_manifest", url)
-        # One thread: a pool thread of a threaded read could still be releasing the Python buffer when the
-        # interpreter exits, and aborted it ("terminate called without an active exception", exit 134
-        # instead of a one-line error's 2; seen after torch was imported, which lengthens the exit).
+        # No pool threads (pre_buffer's async reads, use_threads' column reads): one could still be releasing
+        # the Python buffer when the interpreter exits, and aborted it ("terminate called without an active
+        # exception", exit 134 instead of a one-line error's 2; seen after torch was imported).
         columns = ["shard", "split", "samples", "views", "bytes", "sha256"]
         rows = pf.read(columns=columns, use_threads=False).to_pylist()
     except (SchemaError, OSError, ValueError) as exc:
