@@ -35,14 +35,15 @@ class GasslTpAugment(MocoV2Augment):
         return replace(params, box=(x + (width - side) / 2.0, y + (height - side) / 2.0, w, h))
 
 
-def augment_for(crop: str, image_size: int, min_scale: float = 0.0) -> MocoV2Augment:
-    """The training augmentation for `--crop` (moco | gassl) at `image_size`.
+def augment_for(crop: str, image_size: int, crop_scale: float = 0.0) -> MocoV2Augment:
+    """The training augmentation for `--crop` (moco | gassl) at `image_size`, built once per run by the
+    trainer (trainer/feed.py) and handed to the loader's workers and the GPU data path as one object.
 
-    `min_scale` > 0 replaces the crop's smallest area fraction (moco 0.2, gassl 0.08): small images
+    `crop_scale` > 0 replaces the crop's smallest area fraction (moco 0.2, gassl 0.08): small images
     (the 64 px toy ablation) keep more of the object in each crop with a larger one."""
-    if not 0 <= min_scale <= 1:
-        raise GeoSSLError(f"crop_scale = {min_scale} must be in (0, 1], or 0 for the crop's own")
+    if not 0 <= crop_scale <= 1:
+        raise GeoSSLError(f"crop_scale = {crop_scale} must be in (0, 1], or 0 for the crop's own")
     if crop not in CROPS:
         raise GeoSSLError(f"crop = {crop!r}; choose one of {', '.join(CROPS)}")
     aug = MocoV2Augment(image_size=image_size) if crop == "moco" else GasslTpAugment(image_size=image_size)
-    return replace(aug, scale=(min_scale, 1.0)) if min_scale else aug
+    return replace(aug, scale=(crop_scale, 1.0)) if crop_scale else aug
