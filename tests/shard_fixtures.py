@@ -217,3 +217,14 @@ def make_tiny_shards(
         rows = [r for r in old if r["split"] != split] + rows
     write_table(pa.Table.from_pylist(rows), manifest, "shard_manifest")
     return paths
+
+
+def make_train_val_shards(folder, n_train: int = 12, n_val: int = 6, n_clusters: int = 3) -> str:
+    """A train split (2 shards) and a val split (1 shard) of tiny 40 px shards in `folder`, for evaluations."""
+    make_tiny_shards(
+        folder, n_locations=n_train, n_shards=2, split="train", image_size=40, n_clusters=n_clusters
+    )
+    make_tiny_shards(
+        folder, n_locations=n_val, n_shards=1, split="val", image_size=40, n_clusters=n_clusters, seed=1
+    )
+    return str(folder)

@@ -112,16 +112,10 @@ def knn_scores(
 
 
 def knn_predict(
-    query: torch.Tensor,
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    n_classes: int,
-    k: int = 200,
-    T: float = 0.1,
-    chunk: int = 1024,
+    query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int, **kw
 ) -> torch.Tensor:
-    """Predicted class per query row (features already L2-normalised)."""
-    return knn_scores(query, bank, bank_labels, n_classes, k=k, T=T, chunk=chunk).argmax(1)
+    """Predicted class per query row (features already L2-normalised); `kw`: knn_scores' k, T, chunk."""
+    return knn_scores(query, bank, bank_labels, n_classes, **kw).argmax(1)
 
 
 def knn_top1(bank: Features, query: Features, k: int = 200, T: float = 0.1) -> dict:

@@ -128,8 +128,8 @@ def test_rebuild_asks_flickr_nothing(built) -> None:
 
 def test_training_side_single_views_and_no_temporal_positives(built) -> None:
     from geo_ssl.training.data.loader import eval_loader
-    from geo_ssl.training.trainer.feed import make_loader
     from geo_ssl.training.trainer.config import PretrainConfig
+    from geo_ssl.training.trainer.feed import make_loader
 
     out = built["tmp"] / "out"
     with pytest.raises(GeoSSLError, match="temporal positives do not apply"):

@@ -160,8 +160,8 @@ def test_gassl_crop_is_drawn_inside_the_central_square_at_scale_008_to_1():
 
 
 def test_pretrain_config_reaches_the_loader(shards):
-    from geo_ssl.training.trainer.feed import make_loader
     from geo_ssl.training.trainer.config import config_from_dict
+    from geo_ssl.training.trainer.feed import make_loader
 
     folder, truth = shards
     total = sum(truth.values())

@@ -151,9 +151,9 @@ def test_cache_names_cannot_collide_between_data_sets(tmp_path):
 
 def test_geo_pretrain_cache_flags_reach_the_loader(s3, tmp_path):
     from geo_ssl.pipeline.common.errors import GeoSSLError
-    from geo_ssl.training.trainer.feed import make_loader
     from geo_ssl.training.trainer.cli import build_parser
     from geo_ssl.training.trainer.config import config_from_args
+    from geo_ssl.training.trainer.feed import make_loader
 
     url, options, _, _ = s3
     cache = tmp_path / "cache"

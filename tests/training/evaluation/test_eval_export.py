@@ -19,15 +19,12 @@ from geo_ssl.training.models.moco import MoCo
 from geo_ssl.training.trainer.checkpoint import LAST
 from geo_ssl.training.trainer.config import PretrainConfig
 from geo_ssl.training.trainer.loop import pretrain
-from tests.shard_fixtures import make_tiny_shards
+from tests.shard_fixtures import make_train_val_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("shards")
-    make_tiny_shards(folder, n_locations=12, n_shards=2, split="train", image_size=40, n_clusters=3)
-    make_tiny_shards(folder, n_locations=6, n_shards=1, split="val", image_size=40, n_clusters=3, seed=1)
-    return str(folder)
+    return make_train_val_shards(tmp_path_factory.mktemp("shards"))
 
 
 @pytest.fixture(scope="module")

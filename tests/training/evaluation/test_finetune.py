@@ -16,17 +16,14 @@ from geo_ssl.training.data.loader import LoaderConfig, eval_loader, views_loader
 from geo_ssl.training.evaluation.finetune import card_classes, finetune
 from geo_ssl.training.evaluation.linear_probe import assert_unchanged, linear_probe, snapshot
 from geo_ssl.training.models.backbone import FeatureExtractor, build_resnet
-from tests.shard_fixtures import make_tiny_shards
+from tests.shard_fixtures import make_train_val_shards
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("shards")
-    make_tiny_shards(folder, n_locations=12, n_shards=2, split="train", image_size=40, n_clusters=3)
-    make_tiny_shards(folder, n_locations=6, n_shards=1, split="val", image_size=40, n_clusters=3, seed=1)
-    return str(folder)
+    return make_train_val_shards(tmp_path_factory.mktemp("shards"))
 
 
 def geo_eval(*args: str) -> subprocess.CompletedProcess:
