@@ -23,6 +23,8 @@ epoch) only; call `set_epoch(epoch)` before each epoch (a loader iterated again 
 next epoch by itself). `set_epoch(epoch, start_step=s)` resumes mid-epoch: the next iteration yields
 batches s..len-1, identical to those of an uninterrupted epoch, without decoding the s batches before.
 Batch j's content does not depend on what happened to batches before it, except through the epoch plan.
+A user's own loop saves `loader.state_dict()` (JSON-able: epoch, batches handed out, a fingerprint of the
+data and the cut) and a new loader of the same config continues with `load_state_dict(state)`.
 
 Corrupt samples (damaged tar header, bad member, undecodable JPEG, bad json, missing view, samples the
 manifest lists but the shard lacks) are skipped and counted in `loader.stats` without sleeping; a worker
@@ -138,6 +140,7 @@ __all__ = [
 ]
 
 _DECODE_MODES = ("cpu", "defer")
+_STATE_FORMAT = 1  # StreamingLoader.state_dict's layout
 _OUTPUTS = ("float", "uint8")
 
 
@@ -638,7 +641,9 @@ def _count_left_out(stats: LoaderStats, chosen: ShardSet | None) -> None:
 
 
 class StreamingLoader:
-    """An epoch of exactly `len(self)` batches per rank; iterate once per epoch after `set_epoch`."""
+    """An epoch of exactly `len(self)` batches per rank; iterate once per epoch after `set_epoch`.
+
+    `state_dict()` / `load_state_dict()` let a user's own loop resume mid-epoch (see state_dict)."""
 
     def __init__(self, spec: _Spec, num_workers: int, left_out: ShardSet | None = None):
         self._spec, self.num_workers = spec, num_workers
@@ -646,6 +651,7 @@ class StreamingLoader:
         self.epoch = 0
         self._start_step = 0
         self._epoch_set = True
+        self._step = 0  # while iterating: batches of self.epoch handed out, start_step included
         self.stats = LoaderStats()
 
     def __len__(self) -> int:
@@ -671,7 +677,7 @@ class StreamingLoader:
             self.epoch, self._start_step = self.epoch + 1, 0
         self._epoch_set = False
         spec = replace(self._spec, epoch=self.epoch, start_step=self._start_step)
-        self._start_step = 0
+        self._start_step, self._step = 0, spec.start_step
         left = spec.plan.steps - spec.start_step
         if left <= 0:
             return
@@ -681,9 +687,70 @@ class StreamingLoader:
             for _ in range(left):
                 batch, delta = next(it)
                 self.stats.add(delta)
+                self._step += 1  # counted before the batch is handed out: a state saved with it skips it
                 yield batch
         finally:
             it.close()
+
+    def _fingerprint(self) -> dict[str, int | str]:
+        """What fixes the batch sequence besides (epoch, step): the data, the cut and the order's inputs."""
+        spec, plan = self._spec, self._spec.plan
+        names = [url.rstrip("/").rsplit("/", 1)[-1] for url in spec.source.shards]
+        return {
+            "steps": plan.steps,
+            "batch_size": spec.batch_size,
+            "samples": plan.samples,
+            "shards": len(names),
+            "data": f"{seed_of(names, spec.source.counts):016x}",  # shard names and sample counts
+            "workers": spec.n_workers,  # the order depends on the logical worker count (epoch_plan)
+            "shuffle_buffer": spec.shuffle_buffer,
+        }
+
+    def state_dict(self) -> dict:
+        """Where this loader stands, as plain ints and strings (json.dump or torch.save it): `epoch` and
+        `step`, the batches of that epoch already handed out by the iterator (the `start_step` it was set to
+        included; an epoch handed out in full gives the next epoch, step 0), with `seed`, `rank`,
+        `world_size` and a `plan` fingerprint that load_state_dict checks.
+
+        No RNG state is needed: batch j of an epoch is a function of (seed, epoch, rank, j) and the data
+        alone. View picks and the shuffle buffer are seeded per (seed, epoch, rank, worker) and replayed
+        from the epoch's start on a resume (the skipped samples are read, not decoded); batch j's
+        augmentation is seeded by (seed, epoch, rank, j); the global torch/numpy/random RNGs are not used."""
+        spec = self._spec
+        epoch, step = (self.epoch, self._start_step) if self._epoch_set else (self.epoch, self._step)
+        if step >= len(self):
+            epoch, step = epoch + 1, 0
+        return {
+            "format": _STATE_FORMAT,
+            "epoch": epoch,
+            "step": step,
+            "seed": spec.seed,
+            "rank": spec.rank,
+            "world_size": spec.world_size,
+            "plan": self._fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (this or another loader's state_dict): the next iteration yields exactly
+        the batches of that epoch not yet handed out, then later iterations the next epochs. A state of
+        other data, batch size, ranks, workers or seed is refused with one line (GeoSSLError)."""
+        mine = self.state_dict()
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise GeoSSLError(f"loader state: not a StreamingLoader state of format {_STATE_FORMAT}")
+        for key in ("seed", "rank", "world_size"):
+            if state.get(key) != mine[key]:
+                raise GeoSSLError(f"loader state: {key} {state.get(key)!r} when saved, {mine[key]!r} here")
+        saved = state.get("plan") if isinstance(state.get("plan"), dict) else {}
+        for key, value in mine["plan"].items():
+            if saved.get(key) != value:
+                raise GeoSSLError(
+                    f"loader state: {key} {saved.get(key)!r} when saved, {value!r} here "
+                    "(other shards, batch size, ranks or workers give other batches)"
+                )
+        epoch, step = state.get("epoch"), state.get("step")
+        if not (type(epoch) is int and type(step) is int and epoch >= 0):
+            raise GeoSSLError(f"loader state: epoch {epoch!r}, step {step!r}: not an epoch and a step")
+        self.set_epoch(epoch, start_step=step)
 
 
 class EvalLoader:
