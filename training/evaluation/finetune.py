@@ -28,7 +28,6 @@ lincls_fmow_chenlin.sh. Each value and where it comes from:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,9 +36,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.progress import progress
+from geo_ssl.schemas.dataset_card import category_names, load_card
 from geo_ssl.training.evaluation.linear_probe import snapshot
 from geo_ssl.training.models.backbone import feature_dim
 from geo_ssl.training.models.knn import Features, extract_features, require_labels
@@ -54,12 +53,8 @@ def card_classes(data: str) -> int:
     when there is no card that lists categories (a shard pattern, a hand-made folder)."""
     if not isinstance(data, str) or "{" in data or data.endswith(".tar"):
         return 0
-    try:
-        card = json.loads(fsio.read_bytes(fsio.join(data, "dataset.json")))
-        ids = [int(c["id"]) for c in card["categories"]]
-    except Exception:  # no card, or one without a category list: the caller asks for --num-classes
-        return 0
-    return max(ids) + 1 if ids else 0
+    names = category_names(load_card(data))
+    return max(names) + 1 if names else 0
 
 
 def new_classifier(resnet: torchvision.models.ResNet, n_classes: int, seed: int) -> nn.Module:

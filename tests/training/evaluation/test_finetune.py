@@ -89,7 +89,8 @@ def test_finetune_moves_the_backbone_and_the_probe_does_not(shards):
 
 def test_card_classes_reads_the_dataset_card(tmp_path):
     assert card_classes(str(tmp_path)) == 0
-    (tmp_path / "dataset.json").write_text(json.dumps({"categories": [{"id": 0}, {"id": 60}]}))
+    cats = [{"id": 0, "name": "airport"}, {"id": 60, "name": "zoo"}]
+    (tmp_path / "dataset.json").write_text(json.dumps({"categories": cats}))
     assert card_classes(str(tmp_path)) == 61
 
 
