@@ -1,11 +1,10 @@
 """Checks that need no data loading and no model: run by the CLI before the loader and the model are set
 up, and again by the trainer.
 
-Every mistake found here is one GeoSSLError line (exit 2) within a second or two, instead of after the
-loader and the model have been set up. The config's own fields and the data (its manifest, read with
-pyarrow) are checked first, before the method families import torch: pyarrow reading Parquet for the
-first time after torch was loaded sometimes aborted the interpreter at exit ("terminate called without
-an active exception", exit 134 instead of 2).
+Every mistake found here is one GeoSSLError line (exit 2) within a second or two (geo-pretrain imports
+the method families, and with them torch, to list their options in --help), instead of after the loader
+and the model have been set up. The config's own fields and the data come first, the method's checks
+last.
 """
 
 from __future__ import annotations
