@@ -24,14 +24,42 @@ from tests.shard_fixtures import make_tiny_shards
 
 
 def _epoch(cfg: LoaderConfig) -> dict:
+    """One epoch: samples/s from the first request for data on (the loader built: shards listed, counts
+    read), and the time to the first batch from before the loader is built (listing and manifest reads,
+    first shard bytes, the shuffle buffer's first fill: what a store's latency costs at start-up)."""
+    t_build = time.perf_counter()
     loader = pretrain_loader(cfg)
     t0 = time.perf_counter()
-    n = nbytes = 0
+    n, first = 0, None
     for batch in loader:
         n += len(batch["key"])
-        nbytes += sum(len(b) for b in batch["q_jpeg"]) + sum(len(b) for b in batch["k_jpeg"])
+        if first is None:
+            first = time.perf_counter() - t_build
     wall = time.perf_counter() - t0
-    return {"samples": n, "wall_s": wall, "rate": n / wall, "retries": loader.stats.retries}
+    return {
+        "samples": n,
+        "wall_s": wall,
+        "rate": n / wall,
+        "first_batch_s": first,
+        "retries": loader.stats.retries,
+    }
+
+
+def shard_folder(work: Path, locations: int, shards: int, image_size: int) -> tuple[Path, int]:
+    """WORK/shards: tiny shards (tests.shard_fixtures) made on the first run and reused after; returns the
+    folder and the bytes of its shards."""
+    data = work / "shards"
+    if not (data / "manifest.parquet").exists():
+        make_tiny_shards(data, n_locations=locations, n_shards=shards, image_size=image_size)
+    return data, sum(f.stat().st_size for f in data.glob("*.tar"))
+
+
+def upload(endpoint: str, data: Path, prefix: str) -> str:
+    """Every file of `data` put under s3://`prefix` on the server at `endpoint`; returns that URL."""
+    fs = bucket_fs(endpoint)
+    for f in sorted(data.iterdir()):
+        fs.put_file(str(f), f"{prefix}/{f.name}")
+    return f"s3://{prefix}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,15 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     work = Path(args.out).resolve()
-    data = work / "shards"
-    if not (data / "manifest.parquet").exists():
-        make_tiny_shards(data, n_locations=args.locations, n_shards=args.shards, image_size=args.image_size)
-    shard_bytes = sum(f.stat().st_size for f in data.glob("*.tar"))
+    data, shard_bytes = shard_folder(work, args.locations, args.shards, args.image_size)
     with moto_server("bench") as endpoint:
         options = {"client_kwargs": {"endpoint_url": endpoint}}
-        fs = bucket_fs(endpoint)
-        for f in sorted(data.iterdir()):
-            fs.put_file(str(f), f"bench/shards/{f.name}")
+        upload(endpoint, data, "bench/shards")
         base = dict(
             split="train", batch_size=32, image_size=64, num_workers=0, shuffle_buffer=1000, decode="defer"
         )

@@ -16,6 +16,7 @@ BENCHES = {
     "write_shards": "tests.bench.bench_write_shards",
     "loader": "tests.bench.bench_loader",
     "loader_storage": "tests.bench.bench_loader_storage",  # local disk vs S3 (moto) vs the shard cache
+    "loader_latency": "tests.bench.bench_loader_latency",  # local disk vs S3 behind delay + bandwidth cap
     "gpu": "tests.bench.bench_gpu",  # GPU data path; without CUDA it says so and runs a CPU smoke
     "trainer": "tests.bench.bench_trainer",
     "harvest": "tests.bench.bench_harvest",
