@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.training.evaluation.export import export_backbone, load_backbone
@@ -32,31 +34,53 @@ def demo_config(shards_dir: str, out_dir: str, epochs: int = 12, num_workers: in
     )  # fmt: skip
 
 
+#: The frozen evaluation's settings: weighted kNN (k, T) and the linear probe (train_linear's arguments).
+KNN_K, KNN_T = 20, 0.1
+PROBE: dict[str, Any] = {"epochs": 30, "lr": 1.0, "batch_size": 64, "schedule": "cosine"}
+
+
+def frozen_features(
+    extractor: nn.Module, shards_dir: str, split: str, image_size: int, num_workers: int, device: torch.device
+) -> tuple[Features, torch.Tensor]:
+    """Raw features of every view of `split` (labels: category; keys: `{key}/{NN}`) and each view's
+    geo_cluster, read in the same pass (the ablation probes both)."""
+    from geo_ssl.training.data.loader import eval_loader
+
+    geo: list[torch.Tensor] = []
+
+    def tapped() -> Iterator[dict]:
+        for batch in eval_loader(
+            shards_dir, image_size=image_size, batch_size=64, num_workers=num_workers, split=split
+        ):
+            geo.append(batch["geo_cluster"])
+            yield batch
+
+    feats = extract_features(extractor, tapped(), device, normalize=False, desc=f"{split} features")
+    return feats, (torch.cat(geo).long() if geo else torch.empty(0, dtype=torch.long))
+
+
+def linear_top1(train: Features, val: Features) -> float:
+    """Top-1 (%) on `val` of the linear probe (PROBE settings) trained on `train`'s labels."""
+    n_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    return train_linear(train, val, n_classes, **PROBE)["top1"]
+
+
 def evaluate_backbone(
     weights: str, shards_dir: str, image_size: int, num_workers: int, arch: str | None = None
 ) -> dict:
     """kNN (k=20 on this small bank) and a 30-epoch linear probe on the same features, train -> val."""
-    from geo_ssl.training.data.loader import eval_loader
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resnet, _ = load_backbone(weights, arch=arch)
     extractor = FeatureExtractor(resnet).to(device)
     before = snapshot(extractor)
-
-    def features(split: str) -> Features:
-        batches = eval_loader(
-            shards_dir, image_size=image_size, batch_size=64, num_workers=num_workers, split=split
-        )
-        return extract_features(extractor, batches, device, normalize=False, desc=f"{split} features")
-
-    train, val = features("train"), features("val")
-    knn = knn_top1(normalized(train), normalized(val), k=20, T=0.1)
-    n_classes = int(max(train.labels.max(), val.labels.max())) + 1
-    probe = train_linear(train, val, n_classes, epochs=30, lr=1.0, batch_size=64, schedule="cosine")
+    train, _ = frozen_features(extractor, shards_dir, "train", image_size, num_workers, device)
+    val, _ = frozen_features(extractor, shards_dir, "val", image_size, num_workers, device)
+    knn = knn_top1(normalized(train), normalized(val), k=KNN_K, T=KNN_T)
+    linear = linear_top1(train, val)
     assert_unchanged(extractor, before)
     return {
         "knn_top1": knn["top1"],
-        "linear_top1": probe["top1"],
+        "linear_top1": linear,
         "n_train": len(train.labels),
         "n_val": len(val.labels),
     }

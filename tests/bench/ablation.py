@@ -1,23 +1,32 @@
-"""Ablation on synthetic fMoW built by the real pipeline: random init vs moco, +tp, +geo, +geo+tp.
+"""Ablation on synthetic fMoW built by the real pipeline: random init and hand-made features vs moco, +tp,
++geo, +geo+tp and a crop control, with checks of what +TP and +Geo are for.
 
     python -m tests.bench.ablation --out ablation-out [--steps 500 --seeds 0,1,2 --scene toy]
 
 Data: synth-fmow --scene toy (800 locations of 10 fMoW categories, ~64 train locations each; one ground
 pattern per biome, no roads or parcels, wider object strokes: see synth.Scene for why) -> index-fmow ->
-cluster -> write-shards into OUT/data (the build layout, index in OUT/data/index). Every method gets the
-same budget (steps, batch, lr, seed, ResNet-18 at --image-size) and the same frozen evaluation of its
-exported backbone on the val split's categories (every view an image): a linear probe on precomputed
-features and weighted kNN (k=20). A supervised row (category labels, the same network, steps, batch, lr
-schedule and augmentation of the query view) is the reference for what this budget can learn at all.
+cluster -> write-shards into OUT/data (the build layout, index in OUT/data/index). Every trained arm gets the
+same budget (steps, batch, lr, seed, ResNet-18 at --image-size) and every row the same frozen evaluation
+on the val split (every view an image): weighted kNN (k=20) and a linear probe on precomputed features,
+raw and standardised (the verdict can flip between them). Rows:
+- reference rows without learning: random init (a random network per seed) and two hand-made descriptors
+  (handmade_features.py: a 48-number gradient-orientation histogram, a 64-number colour histogram);
+- the SSL arms, and a control, "moco, +TP's crop": moco without temporal pairs but with GASSL's +TP crop
+  (--crop gassl), since GASSL's +TP runs changed the crop too. The +tp arms here use the moco crop, so
+  the control measures that crop's own effect;
+- supervised (category labels, the same network, steps, batch, lr schedule and augmentation of the
+  query view): what this budget can learn at all.
+Mechanism checks per row (ablation_checks.py): temporal invariance (cosine of two dates of one place
+against two places) and geo decodability (the linear probe on the K-means geo cluster id).
 
-The recipe is MoCo-v2's, fitted to 500 CPU steps at 64 px (BENCHMARKS.md has the probes behind each
-choice): peak lr 0.015 (0.06 held every arm below random init), BatchNorm in the projection head
+The recipe is MoCo-v2's, fitted to 500 CPU steps at 64 px before issue 18 and not tuned since
+(BENCHMARKS.md has the probes behind each choice): peak lr 0.015, BatchNorm in the projection head
 (--head-bn), smallest crop 0.4 of the view, key-encoder momentum 0.95, blur sigma scaled to the 64 px
-crop, bf16 autocast where the CPU has AMX or AVX-512 BF16. About 27 minutes on 2 such CPU cores with the
-defaults (15 runs). Re-running skips finished steps (the data, finished runs) and continues interrupted
-runs; data built with other settings is refused. Every arm (random init included: a random network per
-seed) runs once per training seed in --seeds on the same data; the table gives mean ± sample std and
-whether each method clears random init beyond the spread. Writes OUT/ablation.md and OUT/ablation.json.
+crop, bf16 autocast where the CPU has AMX or AVX-512 BF16. About 10 minutes per seed on 2 idle CPU cores
+(6 trainings). Re-running skips finished steps (the data, finished runs, finished evaluations in
+OUT/evals) and continues interrupted runs; data built with other settings is refused. The table
+(mean ± sample std, per seed, and whether each arm clears random init and the best hand-made row beyond
+the spread) is rewritten after every finished seed: OUT/ablation.md and OUT/ablation.json.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from geo_ssl.pipeline.cluster import cluster
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.fmow.index import index_fmow
@@ -36,15 +48,32 @@ from geo_ssl.pipeline.fmow.layout import CATEGORIES
 from geo_ssl.pipeline.fmow.synth import synth_fmow
 from geo_ssl.pipeline.shards.options import ShardOptions
 from geo_ssl.pipeline.shards.write import write_shards
-from geo_ssl.training.demo import evaluate_backbone
-from geo_ssl.training.evaluation.export import export_backbone
+from geo_ssl.training.demo import KNN_K, KNN_T, PROBE, frozen_features, linear_top1
+from geo_ssl.training.evaluation.export import export_backbone, load_backbone
+from geo_ssl.training.evaluation.linear_probe import assert_unchanged, snapshot
+from geo_ssl.training.models.backbone import FeatureExtractor
+from geo_ssl.training.models.knn import knn_top1, normalized
 from geo_ssl.training.trainer.checkpoint import LAST, load_checkpoint
 from geo_ssl.training.trainer.config import PretrainConfig
 from geo_ssl.training.trainer.loop import pretrain
 from geo_ssl.training.trainer.run_log import read_metrics
+from tests.bench.ablation_checks import majority_floor, relabelled, standardised, temporal_invariance
+from tests.bench.handmade_features import HANDMADE
 
 METHODS = ("moco", "moco+tp", "moco+geo", "moco+geo+tp")
 SUPERVISED = "supervised (reference)"
+#: The control arm: plain moco (no temporal pairs) with GASSL's +TP crop, the one change +TP made besides pairs.
+CONTROL = "moco, +TP's crop (control)"
+#: Every SSL arm: (row name, --method, --crop, run folder).
+SSL_ARMS = (
+    ("moco", "moco", "moco", "moco"),
+    ("moco+tp", "moco+tp", "moco", "moco_tp"),
+    (CONTROL, "moco", "gassl", "moco_tpcrop"),
+    ("moco+geo", "moco+geo", "moco", "moco_geo"),
+    ("moco+geo+tp", "moco+geo+tp", "moco", "moco_geo_tp"),
+)
+#: Bump when the evaluation changes: cached evaluations (OUT/evals/*.json) of another version are redone.
+EVAL_VERSION = 1
 
 
 #: The toy ablation's classes: ten fMoW categories whose synthetic drawings differ in shape.
@@ -89,6 +118,24 @@ def run_config(data: str, out: Path, method: str, args: argparse.Namespace) -> P
     )  # fmt: skip
 
 
+def train_arm(
+    data: str, out: Path, arm: tuple[str, str, str, str], seed: int, args: argparse.Namespace
+) -> dict:
+    """Pretrain (or finish) one SSL arm for one seed and export its backbone; its row's training part."""
+    name, method, crop, folder = arm
+    cfg = run_config(data, out, method, args)
+    cfg.seed, cfg.crop = seed, crop
+    tag = folder + ("" if seed == 0 else f"-s{seed}")  # seed 0: the earlier folders
+    cfg.out = str(out / "runs" / tag)
+    print(f"== {name}, seed {seed}")
+    seconds = pretrain_once(cfg)
+    backbone = str(out / f"backbone-{tag}.pth")
+    export_backbone(os.path.join(cfg.out, LAST), backbone)
+    last = read_metrics(cfg.out, "train")[-1]
+    return {"method": name, "seed": seed, "steps": last["step"], "pretrain_s": seconds, "crop": crop,
+            "loss_moco": last["loss_moco"], "q_std": last["q_std"], "backbone": backbone}  # fmt: skip
+
+
 def pretrain_once(cfg: PretrainConfig) -> float:
     """Train (or finish) one arm; returns its pretraining wall time (over all calls, when recorded)."""
     ckpt, timing = os.path.join(cfg.out, LAST), Path(cfg.out) / "ablation_seconds.json"
@@ -125,6 +172,7 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
     import torch
     import torch.nn.functional as F
 
+    from geo_ssl.training.data.gassl_crop import augment_for
     from geo_ssl.training.data.loader import LoaderConfig, pretrain_loader
     from geo_ssl.training.models.backbone import build_resnet
     from geo_ssl.training.trainer.schedule import LrFactor
@@ -142,7 +190,8 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
             net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
         cfg = LoaderConfig(urls=data, split="train", batch_size=args.batch_size, image_size=args.image_size,
-                           num_workers=args.workers, shuffle_buffer=200, seed=seed, crop_scale=args.crop_scale,
+                           num_workers=args.workers, shuffle_buffer=200, seed=seed,
+                           augmentation=augment_for("moco", args.image_size, args.crop_scale),
                            epoch_samples=args.epoch_samples)  # fmt: skip
         loader = pretrain_loader(cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, LrFactor("cosine", args.epochs * len(loader)))
@@ -174,13 +223,8 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with --amp auto resolved and the per-epoch sample count filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="ablation-out")
     p.add_argument("--locations", type=int, default=800)
@@ -227,6 +271,179 @@ def main(argv: list[str] | None = None) -> None:
     args.epoch_samples = args.steps // args.epochs * args.batch_size
     if args.amp == "auto":
         args.amp = "bf16" if cpu_has_bf16() else "off"
+    return args
+
+
+def evaluate(extractor: nn.Module, data: str, args: argparse.Namespace, cache: Path, what: dict) -> dict:
+    """Every frozen probe of one row, cached in `cache` for the same `what` (a rerun skips finished rows):
+    category kNN and linear probe on raw and standardised features, the geo-cluster probe (raw and
+    standardised, with its majority floor) and temporal invariance on the val split (raw and standardised)."""
+    what = {"version": EVAL_VERSION, "image_size": args.image_size, **what}
+    if cache.exists() and (found := json.loads(cache.read_text())).get("what") == what:
+        return found["scores"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = extractor.to(device)
+    before = snapshot(extractor)
+    train, geo_train = frozen_features(extractor, data, "train", args.image_size, args.workers, device)
+    val, geo_val = frozen_features(extractor, data, "val", args.image_size, args.workers, device)
+    assert_unchanged(extractor, before)
+    ztrain, zval = standardised(train, val)
+    same, zsame = temporal_invariance(val), temporal_invariance(zval)
+    scores = {
+        "knn_top1": knn_top1(normalized(train), normalized(val), k=KNN_K, T=KNN_T)["top1"],
+        "linear_top1": linear_top1(train, val),
+        "linear_std_top1": linear_top1(ztrain, zval),
+        "geo_top1": linear_top1(relabelled(train, geo_train), relabelled(val, geo_val)),
+        "geo_std_top1": linear_top1(relabelled(ztrain, geo_train), relabelled(zval, geo_val)),
+        "geo_floor": majority_floor(geo_train, geo_val),
+        "same_cos": same["same"],
+        "diff_cos": same["different"],
+        "temporal_gap": same["gap"],
+        "temporal_gap_std": zsame["gap"],
+        "pairs": same["pairs"],
+        "n_train": len(train.labels),
+        "n_val": len(val.labels),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"what": what, "scores": scores}))
+    return scores
+
+
+def backbone_extractor(weights: str) -> nn.Module:
+    return FeatureExtractor(load_backbone(weights)[0])
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(mine: list[float], base: list[float]) -> tuple[float, float, str]:
+    """(mean gap, spread = std of both, above | inside | below): a gap counts only beyond the spread."""
+    (m, sd), (m0, sd0) = spread(mine), spread(base)
+    gap, room = m - m0, sd + sd0
+    return gap, room, "above" if gap > room else "below" if gap < -room else "inside"
+
+
+def crop_of(crop: str, scale: float) -> str:
+    where = "whole view" if crop == "moco" else "central square"
+    return f"{crop}: {scale:g}-1 of the {where}"
+
+
+#: The table's metrics: (row key, column title).
+CATEGORY = (("knn_top1", "kNN"), ("linear_top1", "linear raw"), ("linear_std_top1", "linear standardised"))
+CHECKS = (("same_cos", "cos same place"), ("diff_cos", "cos other place"), ("temporal_gap", "gap raw"),
+          ("temporal_gap_std", "gap standardised"), ("geo_top1", "geo probe raw"),
+          ("geo_std_top1", "geo probe standardised"))  # fmt: skip
+
+
+def table(rows: list[dict], args: argparse.Namespace, card: dict, seeds: list[int]) -> list[str]:
+    """OUT/ablation.md: settings, mean ± std per row, verdicts, mechanism checks, every seed."""
+    splits, n_cat = card["splits"], len(args.categories.split(",")) if args.categories != "all" else 62
+    every = ["random init", *HANDMADE, *(a[0] for a in SSL_ARMS), SUPERVISED]
+    by = {name: [r for r in rows if r["method"] == name] for name in every}
+    order = [name for name in every if by[name]]  # a partial table (run still going) has rows missing
+    floor = rows[0]["geo_floor"]
+    lines = [
+        f"# Ablation: frozen features on synthetic fMoW ({n_cat} categories), with hand-made references",
+        "",
+        f"Data: synth-fmow --scene {args.scene}, {args.locations} locations, views stored at {args.resize} px "
+        f"-> index -> cluster (k={args.clusters}) -> write-shards; train {splits['train']['samples']} "
+        f"locations / {splits['train']['views']} views, val {splits['val']['samples']} / "
+        f"{splits['val']['views']}.",
+        f"Pretraining (every SSL arm and the supervised row, each training seed): ResNet-18, {args.steps} steps "
+        f"({args.epochs} epochs of {args.epoch_samples} samples), batch {args.batch_size}, {args.image_size} px, "
+        f"K={args.queue}, m={args.momentum}, T={args.temperature}, lr {args.lr} (cosine), head BN "
+        f"{'on' if args.head_bn else 'off'}, amp {args.amp}, CPU; seeds {','.join(map(str, seeds))}. "
+        f"Crops: moco, moco+tp, moco+geo, moco+geo+tp and the supervised row use "
+        f"{crop_of('moco', args.crop_scale)} (RandomResizedCrop; the +tp arms here do NOT use GASSL's +TP "
+        f"crop); the control arm uses {crop_of('gassl', args.crop_scale)} (GASSL's +TP crop, at this "
+        "ablation's smallest area instead of GASSL's 0.08), so it measures that crop's own effect.",
+        f"Evaluation (every row alike, frozen, eval transform, every view an image, train split -> val split): "
+        f"kNN k={KNN_K}, T={KNN_T} on L2-normalised features; linear probe {PROBE['epochs']} epochs, SGD lr "
+        f"{PROBE['lr']}, momentum 0.9, wd 0, batch {PROBE['batch_size']}, {PROBE['schedule']} schedule, "
+        "last epoch reported, on raw features and on standardised features (z-score with the train "
+        "split's per-dimension mean and std). Hand-made rows: no training, one deterministic row each "
+        "(std 0): orientation histogram = 12 unsigned gradient-orientation bins x 2 x 2 cells of the grey "
+        "image, Sobel-magnitude weighted (48 numbers); colour histogram = joint 4 x 4 x 4 RGB (64 numbers); "
+        "both L2-normalised. Random init: a different random ResNet-18 per seed.",
+        f"Mechanism checks: temporal invariance = mean cosine similarity of raw features of two views "
+        f"(dates) of one val location ('same place', {rows[0]['pairs']} pairs) and of two views of different "
+        "val locations ('other place', as many pairs), and their gap, also on standardised features; pairs "
+        "drawn once (seed 0) from the keys, the same for every row. Geo decodability = the same linear "
+        f"probe trained on the K-means geo cluster id (k={args.clusters}) instead of the category; floor "
+        f"(always the train split's most common cluster) {floor:.1f}%.",
+        "",
+        "## Category top-1 (%), mean ± sample std over seeds",
+        "",
+        "| row | seeds | steps | pretrain s | final loss_moco | q std | "
+        + " | ".join(title for _, title in CATEGORY) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(CATEGORY),
+    ]  # fmt: skip
+
+    def cell(mine: list[dict], key: str, digits: int = 1) -> str:
+        m, sd = spread([r[key] for r in mine])
+        return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+    for name in order:
+        mine = by[name]
+        loss = f"{statistics.fmean(r['loss_moco'] for r in mine):.3f}" if "loss_moco" in mine[0] else "-"
+        qstd = f"{statistics.fmean(r['q_std'] for r in mine):.4f}" if "q_std" in mine[0] else "-"
+        lines.append(f"| {name} | {len(mine) if mine[0]['seed'] is not None else '-'} | {mine[0]['steps']} | "
+                     f"{statistics.fmean(r['pretrain_s'] for r in mine):.0f} | {loss} | {qstd} | "
+                     + " | ".join(cell(mine, key) for key, _ in CATEGORY) + " |")  # fmt: skip
+    best = {key: max(HANDMADE, key=lambda h: by[h][0][key]) for key, _ in CATEGORY}
+    lines += [
+        "",
+        "## Beyond the spread? (gap of the means; spread = std of the row + std of the reference)",
+        "",
+        "'above' / 'below': the gap is larger than the spread; 'inside': it is not. Best hand-made row per "
+        "metric: " + ", ".join(f"{title} {best[key]}" for key, title in CATEGORY) + ".",
+        "",
+        "| row | " + " | ".join(f"{t} vs random init" for _, t in CATEGORY)
+        + " | " + " | ".join(f"{t} vs best hand-made" for _, t in CATEGORY) + " |",
+        "|---|" + "---|" * (2 * len(CATEGORY)),
+    ]  # fmt: skip
+    for name in order[1 + len(HANDMADE) :]:
+        cells = []
+        for ref in ("random init", None):
+            for key, _ in CATEGORY:
+                base = by[ref or best[key]]
+                gap, room, word = verdict([r[key] for r in by[name]], [r[key] for r in base])
+                cells.append(f"{gap:+.1f} ({room:.1f}) {word}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Mechanism checks, mean ± sample std over seeds",
+        "",
+        "| row | " + " | ".join(title for _, title in CHECKS) + " |",
+        "|---|" + "---|" * len(CHECKS),
+    ]
+    for name in order:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cell(by[name], key, 1 if "top1" in key else 3) for key, _ in CHECKS)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Every seed",
+        "",
+        "| row | seed | " + " | ".join(t for _, t in (*CATEGORY, *CHECKS)) + " |",
+        "|---|---|" + "---|" * (len(CATEGORY) + len(CHECKS)),
+    ]
+    for name in order:
+        for r in by[name]:
+            values = [f"{r[k]:.1f}" if "top1" in k else f"{r[k]:.3f}" for k, _ in (*CATEGORY, *CHECKS)]
+            lines.append(
+                f"| {name} | {'-' if r['seed'] is None else r['seed']} | " + " | ".join(values) + " |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     os.environ.setdefault("GEO_SSL_PROGRESS", "0")
     out = Path(args.out)
@@ -235,77 +452,47 @@ def main(argv: list[str] | None = None) -> None:
     categories = None if args.categories == "all" else tuple(c for c in args.categories.split(",") if c)
     data = build_data(out, args.locations, args.clusters, args.seed, categories, args.resize, args.scene)
     card = json.loads(fsio.read_bytes(os.path.join(data, "dataset.json")))
-    rows = []
-    for seed in seeds:
+    evals = out / "evals"
+    rows: list[dict] = []
+
+    def write_table(final: bool) -> None:
+        """OUT/ablation.md and .json, rewritten after every finished row (a stopped run leaves a table)."""
+        done = [seed for seed in seeds if any(r["seed"] == seed and r["steps"] for r in rows)]
+        lines = table(rows, args, card, done)
+        state = "all rows finished" if final else "PARTIAL: the run is still going or was stopped"
+        lines += ["", f"Wall time {time.time() - t_start:.0f} s this invocation ({state}; finished steps "
+                  "are reused on a rerun).", ""]  # fmt: skip
+        (out / "ablation.md").write_text("\n".join(lines))
+        (out / "ablation.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        if final:
+            print("\n".join(lines))
+
+    for name, make in HANDMADE.items():
+        print(f"== {name}")
+        tag = name.split(" (")[0].replace(" ", "_")
+        rows.append({"method": name, "seed": None, "steps": 0, "pretrain_s": 0.0, "crop": "-",
+                     **evaluate(make(), data, args, evals / f"{tag}.json", {"row": name})})  # fmt: skip
+    for seed in seeds:  # the cheap rows of every seed first: random init needs no training
         print(f"== random init, seed {seed}")
-        rows.append({"method": "random init", "seed": seed, "steps": 0, "pretrain_s": 0.0,
-                     **evaluate_backbone(random_backbone(out, seed), data, args.image_size, args.workers)})  # fmt: skip
+        weights = random_backbone(out, seed)
+        rows.append({"method": "random init", "seed": seed, "steps": 0, "pretrain_s": 0.0, "crop": "-",
+                     **evaluate(backbone_extractor(weights), data, args, evals / f"random-s{seed}.json",
+                                {"weights": weights})})  # fmt: skip
+    for seed in seeds:
+        for arm in SSL_ARMS:
+            row = train_arm(data, out, arm, seed, args)
+            cache = evals / f"{Path(row['backbone']).stem}.json"
+            what = {"weights": row["backbone"], "steps": row["steps"]}
+            rows.append({**row, **evaluate(backbone_extractor(row["backbone"]), data, args, cache, what)})
+            write_table(final=False)
         print(f"== {SUPERVISED}, seed {seed}")
         sup = supervised_backbone(data, out, seed, args)
-        rows.append({"method": SUPERVISED, "seed": seed, **sup,
-                     **evaluate_backbone(str(out / f"supervised-s{seed}.pth"), data, args.image_size, args.workers)})  # fmt: skip
-        for method in METHODS:
-            cfg = run_config(data, out, method, args)
-            cfg.seed = seed
-            tag = method.replace("+", "_") + ("" if seed == 0 else f"-s{seed}")  # seed 0: the earlier folders
-            cfg.out = str(out / "runs" / tag)
-            print(f"== {method}, seed {seed}")
-            seconds = pretrain_once(cfg)
-            backbone = str(out / f"backbone-{tag}.pth")
-            export_backbone(os.path.join(cfg.out, LAST), backbone)
-            last = read_metrics(cfg.out, "train")[-1]
-            rows.append({"method": method, "seed": seed, "steps": last["step"], "pretrain_s": seconds,
-                         "loss_moco": last["loss_moco"], "q_std": last["q_std"],
-                         **evaluate_backbone(backbone, data, args.image_size, args.workers)})  # fmt: skip
-    splits = card["splits"]
-    lines = [
-        f"# Ablation: frozen ResNet-18 features on synthetic fMoW (category, {len(categories or CATEGORIES)} classes)",
-        "",
-        f"Data: synth-fmow --scene {args.scene}, {args.locations} locations "
-        f"({'all' if categories is None else len(categories)} categories), views stored at {args.resize} px -> "
-        f"index -> cluster (k={args.clusters}) -> write-shards; train {splits['train']['samples']} locations / "
-        f"{splits['train']['views']} views, val {splits['val']['samples']} / {splits['val']['views']}.",
-        f"Pretraining: {args.steps} steps ({args.epochs} epochs of {args.epoch_samples} samples), batch "
-        f"{args.batch_size}, {args.image_size} px, K={args.queue}, m={args.momentum}, T={args.temperature}, "
-        f"lr {args.lr} (cosine), head BN {'on' if args.head_bn else 'off'}, crop scale {args.crop_scale}-1, "
-        f"amp {args.amp}, seeds {','.join(map(str, seeds))}, CPU. Evaluation: frozen backbone, "
-        "features of every view (eval transform), linear probe 30 epochs (SGD lr 1.0, cosine, wd 0) and kNN "
-        "(k=20, T=0.1), train split -> val split.",
-        "",
-        "| method | seeds | steps | pretrain s (mean) | final loss_moco | q std (1/sqrt(128)=0.088) | "
-        "kNN top-1 mean ± std | linear top-1 mean ± std |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for method in ("random init", *METHODS, SUPERVISED):
-        mine = [r for r in rows if r["method"] == method]
-        knn, lin = spread([r["knn_top1"] for r in mine]), spread([r["linear_top1"] for r in mine])
-        loss = f"{statistics.fmean(r['loss_moco'] for r in mine):.3f}" if "loss_moco" in mine[0] else "-"
-        std = f"{statistics.fmean(r['q_std'] for r in mine):.4f}" if "q_std" in mine[0] else "-"
-        lines.append(f"| {method} | {len(mine)} | {mine[0]['steps']} | "
-                     f"{statistics.fmean(r['pretrain_s'] for r in mine):.0f} | {loss} | {std} | "
-                     f"{knn[0]:.1f} ± {knn[1]:.1f}% | {lin[0]:.1f} ± {lin[1]:.1f}% |")  # fmt: skip
-    lines += [
-        "",
-        "Above random init by more than the spread (mean gap > std of the method + std of random init):",
-        "",
-    ]
-    base = [r for r in rows if r["method"] == "random init"]
-    for method in (*METHODS, SUPERVISED):
-        mine = [r for r in rows if r["method"] == method]
-        verdicts = []
-        for metric in ("knn_top1", "linear_top1"):
-            (m, sd), (m0, sd0) = spread([r[metric] for r in mine]), spread([r[metric] for r in base])
-            verdict = "yes" if m - m0 > sd + sd0 else "no"
-            verdicts.append(f"{metric.split('_')[0]} {m - m0:+.1f} points ({verdict})")
-        lines.append(f"- {method}: " + ", ".join(verdicts))
-    lines += ["", "Per seed (kNN / linear top-1):", ""]
-    lines += [
-        f"- {r['method']}, seed {r['seed']}: {r['knn_top1']:.1f}% / {r['linear_top1']:.1f}%" for r in rows
-    ]
-    lines += ["", f"Total wall time {time.time() - t_start:.0f} s (data build included when not reused).", ""]
-    (out / "ablation.md").write_text("\n".join(lines))
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    print("\n".join(lines))
+        weights = str(out / f"supervised-s{seed}.pth")
+        rows.append({"method": SUPERVISED, "seed": seed, **sup, "crop": "moco",
+                     **evaluate(backbone_extractor(weights), data, args, evals / f"supervised-s{seed}.json",
+                                {"weights": weights, "steps": sup["steps"]})})  # fmt: skip
+        write_table(final=False)
+    write_table(final=True)
 
 
 if __name__ == "__main__":

