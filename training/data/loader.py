@@ -5,7 +5,9 @@ One shard sample is one location with all its views (schemas/SAMPLE_FORMAT.md). 
     epoch plan  -- one pass over the split in a (seed, epoch) order, cut into per-rank, per-worker slices
                    of shards (geo_ssl.training.data.epoch_plan); sample counts from the manifest
     tar members -- a lean tar reader (tar_stream) over fsspec (s3:// etc.), transient storage errors
-                   retried at the byte offset (shard_io), optionally through a local cache (shard_cache)
+                   retried at the byte offset (shard_io), optionally through a local cache (shard_cache);
+                   from object storage the next slices' bytes are fetched ahead in epoch order
+                   (prefetch: ranged GETs in parallel, bounded by `prefetch` slices and `prefetch_bytes`)
     select      -- parse the json, pick the views, keep only their JPEG bytes (not decoded)
     shuffle     -- a shuffle buffer of these encoded samples, inside one worker's share of one epoch
     render      -- draw crop/jitter/blur/flip, decode only the chosen views in the DCT domain, then colour,
@@ -24,7 +26,10 @@ next epoch by itself). `set_epoch(epoch, start_step=s)` resumes mid-epoch: the n
 batches s..len-1, identical to those of an uninterrupted epoch, without decoding the s batches before.
 Batch j's content does not depend on what happened to batches before it, except through the epoch plan.
 A user's own loop saves `loader.state_dict()` (JSON-able: epoch, batches handed out, a fingerprint of the
-data and the cut) and a new loader of the same config continues with `load_state_dict(state)`.
+data and the cut) and a new loader of the same config continues with `load_state_dict(state)`. A state
+saved on another number of ranks resumes elastically: the rest of that epoch, each sample the saved run
+had not taken exactly once over the new ranks (`steps_in_epoch()` batches), then exact epochs
+(geo_ssl.training.data.elastic).
 
 Corrupt samples (damaged tar header, bad member, undecodable JPEG, bad json, missing view, samples the
 manifest lists but the shard lacks) are skipped and counted in `loader.stats` without sleeping; a worker
@@ -81,7 +86,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -95,6 +100,8 @@ from geo_ssl.training.data.augment import (
     finish_views,
     uint8_batch,
 )
+from geo_ssl.training.data.elastic import Cut, plan_rest, seed_tag, worker_share
+from geo_ssl.training.data.elastic import shuffled as _shuffled
 from geo_ssl.training.data.epoch_plan import (
     EpochPlan,
     Slice,
@@ -108,14 +115,24 @@ from geo_ssl.training.data.epoch_unit import (
     anchored_views,
     check_unit,
     read_image_slice,
+    samples_of,
     shard_views,
     unit_counts,
 )
 from geo_ssl.training.data.listing_cache import cached_shard_set
+from geo_ssl.training.data.prefetch import (
+    Layout,
+    PartStream,
+    Prefetcher,
+    connect,
+    part_bounds,
+    prefetch_default,
+    read_layout,
+)
 from geo_ssl.training.data.selection import Picked, pick_views, read_meta, render_views, seed_of
-from geo_ssl.training.data.shard_cache import NotTheShardError, ShardCache
-from geo_ssl.training.data.shard_io import ShardReadError, loader_policy, open_with_retries
-from geo_ssl.training.data.shard_list import ALL_SPLITS, ShardSet, resolve_shards, shard_counts
+from geo_ssl.training.data.shard_cache import NotTheShardError, ShardCache, parse_size
+from geo_ssl.training.data.shard_io import ShardReadError, loader_policy, open_with_retries, read_range
+from geo_ssl.training.data.shard_list import ALL_SPLITS, ShardSet, is_local, resolve_shards, shard_counts
 from geo_ssl.training.data.tar_stream import (
     _MAX_ERRORS_KEPT,
     CorruptSampleError,
@@ -149,6 +166,8 @@ class LoaderConfig:
     """What to stream and how. `batch_size` is per rank; `epoch_samples` counts locations over all ranks
     (default: the split's size). `cache_dir`/`cache_limit`: keep remote shards in a local LRU cache
     (limit in bytes or '20G'). `read_attempts`: reads per storage failure before ShardReadError.
+    `prefetch`: slices each worker fetches ahead of its reader, in epoch order (prefetch.py; None: 4 for
+    object storage, 0 for local disk; 0: off), holding at most `prefetch_bytes` per worker ('128M').
     `split` is required: the split whose shards a folder gives ("train", ...), "*" for all of them."""
 
     urls: str | list[str]
@@ -167,6 +186,8 @@ class LoaderConfig:
     cache_dir: str | None = None
     cache_limit: int | str = "20G"
     read_attempts: int = 6
+    prefetch: int | None = None
+    prefetch_bytes: int | str = "128M"
     epoch_unit: str = "location"  # "image": each location once per view (GASSL's epoch; epoch_unit.py)
     # the training augmentation, built once by the caller (gassl_crop.augment_for: --crop, --crop-scale);
     # None = MoCo-v2's at image_size
@@ -195,33 +216,91 @@ class _Source:
     cache_limit: int | str = "20G"
     read_attempts: int = 6
     sha256: list[str] | None = None  # manifest.parquet's per shard (ShardSet.sha256), checked by the cache
+    prefetch: int = 0  # slices fetched ahead per worker (prefetch.py); 0: read as the reader goes
+    prefetch_bytes: int = 128 << 20
+    layout: Layout | None = None  # object sizes and indexed sample bounds (prefetch.read_layout)
 
-    def read(self, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
-        """The samples of one slice; retries and the cache are below this line. A shard the cache finds
-        is not the manifest's (its sha256) is left out like select_shards' (strict: refused)."""
+    def _cached(self, url: str) -> bool:
+        return bool(self.cache_dir) and not is_local(url)
+
+    def read(self, sl: Slice, errors: SampleErrors, ahead: Prefetcher | None = None) -> Iterator[dict]:
+        """The samples of one slice; retries and the cache are below this line, and the bytes come from
+        `ahead` when it fetched this slice. A shard the cache finds is not the manifest's (its sha256) is
+        left out like select_shards' (strict: refused)."""
         url = self.shards[sl.shard]
         stats = errors.stats
         policy = loader_policy(self.read_attempts)
-
-        def on_retry(message: str) -> None:
-            stats.retries += 1
-            print(f"geo-ssl loader: {message}", file=sys.stderr, flush=True)
-
-        if self.cache_dir and "://" in url and not url.startswith("file://"):
+        on_retry = _retry_counter(stats)
+        parts = ahead.take(sl) if ahead is not None else None
+        start, stop = sl.start, sl.stop
+        if self._cached(url):
             try:
-                stream = ShardCache(self.cache_dir, self.cache_limit, self.storage_options).open(
+                stream = None
+                if parts:
+                    stream = _open_fetched(ahead, parts)
+                stream = stream or ShardCache(self.cache_dir, self.cache_limit, self.storage_options).open(
                     url, policy, on_retry, self.sha256[sl.shard] if self.sha256 else ""
                 )
             except NotTheShardError as exc:
                 _left_out_on_read(exc, sl.stop - sl.start, errors)
                 return
+        elif parts is not None and self.layout is not None:
+            skipped = self.layout.byte_range(sl)[2]  # the stream begins at sample `skipped` of the shard
+            stream, start, stop = PartStream(ahead, parts), start - skipped, stop - skipped
         else:
             stream = open_with_retries(url, self.storage_options, policy, on_retry)
         with stream:
             stats.shards_opened += 1
-            for sample in slice_samples(stream, url, sl.start, sl.stop, errors):
+            for sample in slice_samples(stream, url, start, stop, errors):
                 sample["__url__"] = url
                 yield sample
+
+    def prefetcher(self, slices: list[Slice], stats: LoaderStats) -> Prefetcher | None:
+        """What fetches `slices` (a worker's reads of this epoch, in order) ahead; None: prefetch off."""
+        if not self.prefetch or not slices or (self.layout is None and not self.cache_dir):
+            return None
+        policy, on_retry = loader_policy(self.read_attempts), _retry_counter(stats)
+        connect(self.shards[slices[0].shard], self.storage_options)
+        if self.cache_dir:  # whole shards into the cache: its cap and checks apply
+            cache = ShardCache(self.cache_dir, self.cache_limit, self.storage_options)
+
+            def into_cache(s: int, _lo: int, _hi: int | None) -> str:
+                shard = slices[s].shard
+                sha = self.sha256[shard] if self.sha256 else ""
+                return cache.path_for(self.shards[shard], policy, on_retry, sha)[0]
+
+            ranges = [[(0, None)] if self._cached(self.shards[sl.shard]) else [] for sl in slices]
+            return Prefetcher(slices, ranges, into_cache, self.prefetch, self.prefetch * (8 << 20))
+
+        def fetch(s: int, lo: int, hi: int | None) -> bytes:
+            return read_range(self.shards[slices[s].shard], lo, hi, self.storage_options, policy, on_retry)
+
+        layout = self.layout
+        ranges = [part_bounds(*layout.byte_range(sl)[:2], self.prefetch_bytes) for sl in slices]
+        return Prefetcher(slices, ranges, fetch, self.prefetch, self.prefetch_bytes)
+
+
+def _retry_counter(stats: LoaderStats) -> Callable[[str], None]:
+    """The loader's on_retry: counts the retry in `stats` and says it on stderr."""
+
+    def on_retry(message: str) -> None:
+        stats.retries += 1
+        print(f"geo-ssl loader: {message}", file=sys.stderr, flush=True)
+
+    return on_retry
+
+
+def _open_fetched(ahead: Prefetcher, parts: list[int]):
+    """The shard a prefetch put in the cache, opened; None when evicted since (fetched again by the
+    caller). The cache's errors (NotTheShardError, ShardReadError) are raised here."""
+    try:
+        path = ahead.result(parts[0])
+    finally:
+        ahead.done(parts)
+    try:
+        return open(path, "rb", buffering=1 << 20)
+    except FileNotFoundError:
+        return None
 
 
 def _left_out_on_read(exc: NotTheShardError, samples: int, errors: SampleErrors) -> None:
@@ -243,23 +322,6 @@ class _Failure:
     """A worker's error, shipped as an item so the main process raises it as one line."""
 
     error: BaseException
-
-
-def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """A shuffle buffer over a finite stream (one worker's share of one epoch; never across epochs)."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        buf[i], item = item, buf[i]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
 
 
 # ------------------------------------------------------------------------------------------- streams
@@ -289,13 +351,33 @@ class _Spec:
     unit_views: list[ShardViews] | None = None  # epoch_unit "image": plan positions are views
     augmentation: MocoV2Augment | None = None
     output: str = "float"
+    # an elastic epoch (elastic.py): (positions the epoch's first cut used, the cuts that ran before this
+    # one); plan.steps is then this cut's steps and start_step counts in it
+    elastic: tuple[int, tuple[Cut, ...]] | None = None
 
 
-def _read(spec: _Spec, sl: Slice, errors: SampleErrors) -> Iterator[dict]:
+def _read(spec: _Spec, sl: Slice, errors: SampleErrors, ahead: Prefetcher | None = None) -> Iterator[dict]:
     """The samples of one plan slice; with epoch_unit "image" the slice counts views (epoch_unit.py)."""
     if spec.unit_views is None:
-        return spec.source.read(sl, errors)
-    return read_image_slice(spec.source.read, sl, spec.unit_views[sl.shard], errors)
+        return spec.source.read(sl, errors, ahead)
+    read = functools.partial(spec.source.read, ahead=ahead)
+    return read_image_slice(read, sl, spec.unit_views[sl.shard], errors)
+
+
+def _first_pass(spec: _Spec, block: list[Slice], errors: SampleErrors) -> Iterator[dict]:
+    """A worker's block of the epoch, in order, with the bytes of the next slices fetched ahead on a few
+    threads (prefetch.py), which end with this generator (the epoch done or its iterator dropped)."""
+    reads = block
+    if spec.unit_views is not None:  # the shard slices read_image_slice will ask for
+        bounds = [samples_of(spec.unit_views[sl.shard], sl.start, sl.stop)[:2] for sl in block]
+        reads = [Slice(sl.shard, a, b) for sl, (a, b) in zip(block, bounds, strict=True) if b > a]
+    ahead = spec.source.prefetcher(reads, errors.stats)
+    try:
+        for sl in block:
+            yield from _read(spec, sl, errors, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
 
 
 def _worker() -> tuple[int, int]:
@@ -363,18 +445,28 @@ class _TrainStream(_WorkerStream):
             return
         stats = LoaderStats()
         errors = SampleErrors(stats, spec.strict)
-        block = worker_block(
-            spec.source.counts,
-            spec.plan,
-            spec.batch_size,
-            spec.seed,
-            spec.epoch,
-            spec.rank,
-            logical,
-            spec.n_workers,
-        )
-        rng_pick = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, logical, spec.n_workers, "pick"))
-        rng_buf = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, logical, spec.n_workers, "shuffle"))
+        if spec.elastic is None:
+            block = worker_block(
+                spec.source.counts,
+                spec.plan,
+                spec.batch_size,
+                spec.seed,
+                spec.epoch,
+                spec.rank,
+                logical,
+                spec.n_workers,
+            )
+            sizes, tag = [spec.batch_size] * len(range(logical, spec.plan.steps, spec.n_workers)), ()
+        else:  # the rest of an epoch another cut began: this cut's share of what it left (elastic.py)
+            used, cuts = spec.elastic
+            cut = Cut(spec.world_size, spec.batch_size, spec.n_workers, spec.shuffle_buffer)
+            block, sizes = worker_share(
+                spec.source.counts, used, list(cuts), cut, spec.seed, spec.epoch, spec.rank, logical
+            )
+            tag = seed_tag(len(cuts))
+        key = (spec.seed, spec.epoch, spec.rank, logical, spec.n_workers)
+        rng_pick = random.Random(seed_of(*key, "pick", *tag))
+        rng_buf = random.Random(seed_of(*key, "shuffle", *tag))
 
         def fields_of(fields: list[str], copy: int | None = None) -> tuple[str, ...]:
             # copy: an "image" epoch's copy c of a location has view c as its anchor (epoch_unit.py)
@@ -388,23 +480,25 @@ class _TrainStream(_WorkerStream):
                 except Exception as exc:
                     errors.record(f"shard {sample.get('__url__')} key {sample.get('__key__')}", exc)
 
-        first_pass = (sample for sl in block for sample in _read(spec, sl, errors))
+        first_pass = _first_pass(spec, block, errors)
         items = itertools.chain(
             _shuffled(picked(first_pass, errors), spec.shuffle_buffer, rng_buf),
             picked(self._refill(block, stats), SampleErrors(LoaderStats(), strict=False)),
         )
         aug = spec.augmentation or MocoV2Augment(image_size=spec.image_size)
-        for j in range(logical, spec.plan.steps, spec.n_workers):
-            batch = [next(items) for _ in range(spec.batch_size)]
+        for j, size in zip(range(logical, spec.plan.steps, spec.n_workers), sizes, strict=True):
+            batch = [next(items) for _ in range(size)]
             if j < spec.start_step:
                 continue  # resume: the samples are consumed (same order as before), nothing is decoded
+            bspec = spec if size == spec.batch_size else replace(spec, batch_size=size)  # elastic: shorter
             if spec.decode == "defer":
-                out = _collate_deferred(batch, spec)
+                out = _collate_deferred(batch, bspec)
             else:
-                rng_aug = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, j, "augment"))
-                u8, slots = _uint8_slots(spec) if spec.output == "uint8" else (None, None)
-                out = _collate_train(_render_batch(batch, spec, aug, rng_aug, errors, stats, slots), spec, u8)
-            stats.samples += spec.batch_size
+                rng_aug = random.Random(seed_of(spec.seed, spec.epoch, spec.rank, j, "augment", *tag))
+                u8, slots = _uint8_slots(bspec) if spec.output == "uint8" else (None, None)
+                rendered = _render_batch(batch, bspec, aug, rng_aug, errors, stats, slots)
+                out = _collate_train(rendered, bspec, u8)
+            stats.samples += size
             yield out, stats.take()
 
 
@@ -653,6 +747,10 @@ class StreamingLoader:
         self._epoch_set = True
         self._step = 0  # while iterating: batches of self.epoch handed out, start_step included
         self.stats = LoaderStats()
+        # an epoch resumed on another number of ranks (load_state_dict): (epoch, positions its first cut
+        # used, the cuts that ran before this loader's), and elastic.plan_rest of it, computed once
+        self._elastic: tuple[int, int, tuple[Cut, ...]] | None = None
+        self._rest: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return self._spec.plan.steps
@@ -666,10 +764,33 @@ class StreamingLoader:
     def shards(self) -> list[str]:
         return list(self._spec.source.shards)
 
+    def _cut(self) -> Cut:
+        spec = self._spec
+        return Cut(spec.world_size, spec.batch_size, spec.n_workers, spec.shuffle_buffer)
+
+    def _elastic_rest(self, epoch: int) -> tuple[int, dict[str, int]] | None:
+        """(steps taken before this loader's cut, elastic.plan_rest) when `epoch` is an elastic one."""
+        if self._elastic is None or self._elastic[0] != epoch:
+            return None
+        _, used, cuts = self._elastic
+        if self._rest is None:
+            self._rest = plan_rest(used, list(cuts), self._cut(), self._spec.seed, epoch)
+        return sum(c.steps_done for c in cuts), self._rest
+
+    def steps_in_epoch(self, epoch: int | None = None) -> int:
+        """Batches per rank in `epoch` (default: the current one): len(self), except in an epoch resumed
+        on another number of ranks, where it is the steps taken before plus this cut's (elastic.py)."""
+        rest = self._elastic_rest(self.epoch if epoch is None else int(epoch))
+        return len(self) if rest is None else rest[0] + rest[1]["steps"]
+
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Next iteration: epoch `epoch`, from batch `start_step` on (a mid-epoch resume)."""
-        if not 0 <= int(start_step) <= len(self):
-            raise GeoSSLError(f"start_step {start_step} is outside the epoch's {len(self)} steps")
+        rest = self._elastic_rest(int(epoch))
+        first = 0 if rest is None else rest[0]
+        if not first <= int(start_step) <= self.steps_in_epoch(int(epoch)):
+            raise GeoSSLError(
+                f"start_step {start_step} is outside the epoch's steps {first}..{self.steps_in_epoch(epoch)}"
+            )
         self.epoch, self._start_step, self._epoch_set = int(epoch), int(start_step), True
 
     def __iter__(self) -> Iterator[dict]:
@@ -678,9 +799,14 @@ class StreamingLoader:
         self._epoch_set = False
         spec = replace(self._spec, epoch=self.epoch, start_step=self._start_step)
         self._start_step, self._step = 0, spec.start_step
-        left = spec.plan.steps - spec.start_step
+        left = self.steps_in_epoch() - spec.start_step
         if left <= 0:
             return
+        rest = self._elastic_rest(self.epoch)
+        if rest is not None and self._elastic is not None:  # this cut's steps, counted from 0
+            plan = replace(spec.plan, steps=rest[1]["steps"])
+            elastic = (self._elastic[1], self._elastic[2])
+            spec = replace(spec, plan=plan, start_step=spec.start_step - rest[0], elastic=elastic)
         _count_left_out(self.stats, self._left_out)
         it = _items(_TrainStream(spec), self.num_workers)
         try:
@@ -716,11 +842,17 @@ class StreamingLoader:
         alone. View picks and the shuffle buffer are seeded per (seed, epoch, rank, worker) and replayed
         from the epoch's start on a resume (the skipped samples are read, not decoded); batch j's
         augmentation is seeded by (seed, epoch, rank, j); the global torch/numpy/random RNGs are not used."""
-        spec = self._spec
         epoch, step = (self.epoch, self._start_step) if self._epoch_set else (self.epoch, self._step)
-        if step >= len(self):
+        return self.state_at(epoch, step)
+
+    def state_at(self, epoch: int, step: int) -> dict:
+        """state_dict() as it reads once `step` batches of `epoch` are handed out (a trainer whose data
+        path prefetches saves the step it trained, not the loader's). In an epoch resumed on another number
+        of ranks it also holds `elastic`: the cuts that ran before (elastic.py)."""
+        spec = self._spec
+        if step >= self.steps_in_epoch(epoch):
             epoch, step = epoch + 1, 0
-        return {
+        state = {
             "format": _STATE_FORMAT,
             "epoch": epoch,
             "step": step,
@@ -729,14 +861,24 @@ class StreamingLoader:
             "world_size": spec.world_size,
             "plan": self._fingerprint(),
         }
+        if self._elastic is not None and self._elastic[0] == epoch:
+            state["elastic"] = {"used": self._elastic[1], "cuts": [asdict(c) for c in self._elastic[2]]}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` (this or another loader's state_dict): the next iteration yields exactly
         the batches of that epoch not yet handed out, then later iterations the next epochs. A state of
-        other data, batch size, ranks, workers or seed is refused with one line (GeoSSLError)."""
+        other data, batch size, workers or seed is refused with one line (GeoSSLError).
+
+        A state saved on another number of ranks (batch size and workers may differ with it) is an elastic
+        resume (elastic.py): the rest of that epoch, each sample the saved run had not taken once over the
+        new ranks (`steps_in_epoch()` says how many batches), then exact epochs on the new ranks."""
         mine = self.state_dict()
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise GeoSSLError(f"loader state: not a StreamingLoader state of format {_STATE_FORMAT}")
+        if type(state.get("world_size")) is int and state["world_size"] != mine["world_size"]:
+            self._load_elastic(state, mine)
+            return
         for key in ("seed", "rank", "world_size"):
             if state.get(key) != mine[key]:
                 raise GeoSSLError(f"loader state: {key} {state.get(key)!r} when saved, {mine[key]!r} here")
@@ -747,10 +889,62 @@ class StreamingLoader:
                     f"loader state: {key} {saved.get(key)!r} when saved, {value!r} here "
                     "(other shards, batch size, ranks or workers give other batches)"
                 )
-        epoch, step = state.get("epoch"), state.get("step")
-        if not (type(epoch) is int and type(step) is int and epoch >= 0):
-            raise GeoSSLError(f"loader state: epoch {epoch!r}, step {step!r}: not an epoch and a step")
+        epoch, step = _epoch_step(state)
+        used, cuts = _saved_cuts(state)
+        self._elastic, self._rest = ((epoch, used, cuts), None) if cuts else (None, None)
         self.set_epoch(epoch, start_step=step)
+
+    def _load_elastic(self, state: dict, mine: dict) -> None:
+        """A state of another world size: the saved cut joins the epoch's cuts, this loader reads the rest."""
+        saved = state.get("plan") if isinstance(state.get("plan"), dict) else {}
+        for key, want, got in [("seed", mine["seed"], state.get("seed"))] + [
+            (k, mine["plan"][k], saved.get(k)) for k in ("data", "samples", "shards")
+        ]:
+            if got != want:
+                raise GeoSSLError(f"loader state: {key} {got!r} when saved, {want!r} here (other data)")
+        epoch, step = _epoch_step(state)
+        used, cuts = _saved_cuts(state)
+        if not cuts:
+            used = _int(saved, "steps") * _int(saved, "batch_size") * int(state["world_size"])
+        done = step - sum(c.steps_done for c in cuts)
+        old = Cut(int(state["world_size"]), _int(saved, "batch_size"), _int(saved, "workers"),
+                  _int(saved, "shuffle_buffer"), done)  # fmt: skip
+        if used <= 0 or not 0 <= done <= plan_rest(used, list(cuts), old, self._spec.seed, epoch)["steps"]:
+            raise GeoSSLError(f"loader state: epoch {epoch}, step {step}: not a step of the saved epoch")
+        cuts = (*cuts, old) if done else cuts
+        self._elastic, self._rest = ((epoch, used, cuts), None) if cuts else (None, None)
+        rest = self._elastic_rest(epoch)
+        if rest is not None and rest[1]["dropped"] and self._spec.rank == 0:
+            print(f"geo-ssl loader: {rest[1]['dropped']} of the epoch's {rest[1]['remaining']} remaining "
+                  f"samples do not fill a batch on each of {self._spec.world_size} ranks: left out of epoch "
+                  f"{epoch}", file=sys.stderr, flush=True)  # fmt: skip
+        self.set_epoch(epoch, start_step=step)
+
+
+def _int(d: dict, key: str) -> int:
+    value = d.get(key)
+    if type(value) is not int or value < 0:
+        raise GeoSSLError(f"loader state: {key} {value!r}: not a count")
+    return value
+
+
+def _epoch_step(state: dict) -> tuple[int, int]:
+    epoch, step = state.get("epoch"), state.get("step")
+    if not (type(epoch) is int and type(step) is int and epoch >= 0):
+        raise GeoSSLError(f"loader state: epoch {epoch!r}, step {step!r}: not an epoch and a step")
+    return epoch, step
+
+
+def _saved_cuts(state: dict) -> tuple[int, tuple[Cut, ...]]:
+    """The `elastic` part of a state: (positions the epoch's first cut used, the cuts before)."""
+    saved = state.get("elastic")
+    if saved is None:
+        return 0, ()
+    try:
+        cuts = tuple(Cut(**{k: _int(c, k) for k in c}) for c in saved["cuts"])
+        return _int(saved, "used"), cuts
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise GeoSSLError(f"loader state: elastic {saved!r}: not a list of cuts ({exc})") from None
 
 
 class EvalLoader:
@@ -838,6 +1032,7 @@ def _train_loader(
     source = _Source(
         shards, counts, cfg.storage_options, cfg.cache_dir, cfg.cache_limit, cfg.read_attempts, chosen.sha256
     )
+    source = _with_prefetch(source, cfg, [s for s, _ in pairs])
     spec = _Spec(
         source=source,
         plan=plan,
@@ -859,6 +1054,22 @@ def _train_loader(
         output=cfg.output,
     )
     return StreamingLoader(spec, n_workers if cfg.num_workers > 0 else 0, chosen if rank == 0 else None)
+
+
+def _with_prefetch(source: _Source, cfg: LoaderConfig, samples: list[int]) -> _Source:
+    """`source` set to fetch ahead as cfg says (prefetch.py); without a cache the object sizes and the
+    sample index's bounds are read here, once, in the main process."""
+    ahead = (4 if prefetch_default(source.shards) else 0) if cfg.prefetch is None else cfg.prefetch
+    if type(ahead) is not int or ahead < 0:
+        raise GeoSSLError(f"prefetch={cfg.prefetch!r}: slices ahead, an int >= 0 (0: off)")
+    try:
+        budget = parse_size(cfg.prefetch_bytes)
+    except GeoSSLError:
+        raise GeoSSLError(f"prefetch_bytes={cfg.prefetch_bytes!r}: not a size (examples: 256M, 1G)") from None
+    if not ahead:
+        return source
+    layout = None if cfg.cache_dir else read_layout(source.shards, samples, cfg.storage_options)
+    return replace(source, prefetch=ahead, prefetch_bytes=budget, layout=layout)
 
 
 def pretrain_loader(cfg: LoaderConfig, rank: int = 0, world_size: int = 1) -> StreamingLoader:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import fsspec
+
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.retry import EXIT_STORAGE, EXIT_USAGE, RetryPolicy, is_transient
+from geo_ssl.pipeline.common.storage import options_for
 from geo_ssl.training.data.shard_list import open_shard
 
 
@@ -121,22 +124,59 @@ class RetryingStream:
             return out
 
     def _failed(self, what: str, exc: BaseException, failures: int, started: float) -> int:
-        failures += 1
-        transient = is_transient(exc)
-        if not transient or self.policy.gives_up(failures, started):
-            tried = f" after {failures} attempts" if transient else ""
-            err = ShardReadError(
-                f"shard {self.url}: {what} failed at byte {self.pos}{tried} ({type(exc).__name__}: {exc}); "
-                "the samples read so far are kept, rerun with --resume once storage answers"
-            )
-            err.transient = transient
-            raise err from exc
-        wait = self.policy.wait(failures)
-        self._on_retry(
-            f"shard {self.url}: {what} at byte {self.pos} failed ({type(exc).__name__}), retry in {wait:.2f} s"
+        return _wait_or_raise(self.url, what, self.pos, exc, failures, started, self.policy, self._on_retry)
+
+
+def _wait_or_raise(
+    url: str,
+    what: str,
+    pos: int,
+    exc: BaseException,
+    failures: int,
+    started: float,
+    policy: RetryPolicy,
+    on_retry: Callable[[str], None],
+) -> int:
+    """After a failed read of `url` at byte `pos`: wait before the next try (returns the failures so far),
+    or raise ShardReadError when the error is not transient or the policy gives up."""
+    failures += 1
+    transient = is_transient(exc)
+    if not transient or policy.gives_up(failures, started):
+        tried = f" after {failures} attempts" if transient else ""
+        err = ShardReadError(
+            f"shard {url}: {what} failed at byte {pos}{tried} ({type(exc).__name__}: {exc}); "
+            "the samples read so far are kept, rerun with --resume once storage answers"
         )
-        time.sleep(wait)
-        return failures
+        err.transient = transient
+        raise err from exc
+    wait = policy.wait(failures)
+    on_retry(f"shard {url}: {what} at byte {pos} failed ({type(exc).__name__}), retry in {wait:.2f} s")
+    time.sleep(wait)
+    return failures
+
+
+def read_range(
+    url: str,
+    start: int,
+    stop: int | None,
+    storage_options: dict | None = None,
+    policy: RetryPolicy | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> bytes:
+    """Bytes [start, stop) of a remote shard (stop None: to its end) in one ranged GET, retried as a
+    stream's reads (a part of a prefetch: training/data/prefetch.py)."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or options_for(url)))
+    policy, started, failures = policy or loader_policy(), time.monotonic(), 0
+    while True:
+        try:
+            return fs.cat_file(path, start=start, end=stop)
+        except Exception as exc:
+            what = f"reading bytes {start}-{'' if stop is None else stop - 1}"
+            failures = _wait_or_raise(url, what, start, exc, failures, started, policy, on_retry or _quiet)
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def _discard(f, n: int) -> None:

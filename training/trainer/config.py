@@ -91,6 +91,12 @@ class PretrainConfig:
         "", "local folder caching remote (s3:// etc.) shards, least recently used out ('' = none)"
     )
     cache_limit: str = _loader("20G", "size cap of --cache-dir, e.g. 20G or 512M")
+    prefetch: int = _loader(
+        -1,
+        "shard slices each loader worker fetches ahead, in epoch order (-1 = 4 from s3:// etc., none from "
+        "local disk; 0 = off)",
+    )
+    prefetch_bytes: str = _loader("128M", "memory cap of --prefetch per loader worker, e.g. 128M or 1G")
     augment: bool = _data(True, "MoCo-v2 augmentation (off: resize + centre crop only, for debugging)")
     crop: str = _data(  # GASSL's +TP crop (geo_ssl.training.data.gassl_crop)
         "moco", "training crop: moco = RandomResizedCrop scale 0.2-1 of the stored view (MoCo-v2); gassl = "

@@ -37,6 +37,7 @@ def make_loader(
         temporal=method.temporal, augment=cfg.augment, num_workers=cfg.num_workers,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, strict=cfg.strict,
         cache_dir=cfg.cache_dir or None, cache_limit=cfg.cache_limit,
+        prefetch=None if cfg.prefetch < 0 else cfg.prefetch, prefetch_bytes=cfg.prefetch_bytes,
         epoch_samples=cfg.epoch_samples or None, epoch_unit=cfg.epoch_unit, augmentation=aug or augmentation(cfg),
         # the GPU data path gets JPEG bytes; the trainer decodes + augments them on the device
         decode="defer" if resolve_data_path(cfg.data_path) == "gpu" else "cpu", output=output,

@@ -172,7 +172,7 @@ class Trainer:
                 raise GeoSSLError(
                     f"--resume: config differs from the checkpoint's ({diffs}); use a new --out"
                 )
-            if ckpt["world_size"] != ctx.world_size:
+            if ckpt["world_size"] != ctx.world_size and ckpt.get("loader") is None:  # no loader state
                 _say(ctx, f"=> note: resuming on {ctx.world_size} ranks, saved on {ckpt['world_size']}")
         elif fsio.exists(self.ckpt_url):
             raise GeoSSLError(
@@ -259,9 +259,34 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch, self.epoch_step = ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]
         self.start_step = self.step
+        self._elastic_resume(ckpt)
         rngs = ckpt["rng"]
         self._pending_rng = rngs[self.ctx.rank] if len(rngs) == self.ctx.world_size else None
         _say(self.ctx, f"=> resumed {self.ckpt_url} at step {self.step} (epoch {self.epoch})")
+
+    def _elastic_resume(self, ckpt: dict[str, Any]) -> None:
+        """On another number of ranks, the loader reads the rest of the saved epoch, each location the
+        saved run had not trained on exactly once over the new ranks (training/data/elastic.py). The global
+        batch (--batch-size) is the same, so that rest is exactly the steps the saved run had left: the
+        step counter, the lr schedule and the epoch's end are unchanged. Also restores an epoch that was
+        already resumed that way (the loader state holds its earlier cuts)."""
+        state = ckpt.get("loader")
+        elastic = ckpt["world_size"] != self.ctx.world_size
+        if state is None or not (elastic or "elastic" in state):
+            return  # same ranks: set_epoch(epoch, start_step) replays the epoch exactly
+        self.loader.load_state_dict({**state, "rank": self.ctx.rank})  # rank 0's state serves every rank
+        steps = self.loader.steps_in_epoch(self.epoch)
+        if steps != self.steps_per_epoch:  # only where the rest does not fill the ranks' batches
+            raise GeoSSLError(
+                f"--resume on {self.ctx.world_size} ranks: the rest of epoch {self.epoch} gives {steps} steps, "
+                f"not {self.steps_per_epoch}; resume on {ckpt['world_size']} ranks"
+            )
+        if elastic:
+            left = (steps - self.epoch_step) * self.cfg.batch_size
+            _say(self.ctx, f"=> note: resuming on {self.ctx.world_size} ranks, saved on {ckpt['world_size']}: "
+                           f"the {left} locations epoch {self.epoch} has left are cut anew, each once over "
+                           f"{self.ctx.world_size} rank(s) (RNG states not restored); later epochs are "
+                           f"exact on {self.ctx.world_size} rank(s)")  # fmt: skip
 
     def _make_monitor_loaders(self) -> tuple | None:
         cfg = self.cfg
@@ -305,6 +330,8 @@ class Trainer:
             "epoch_step": epoch_step,
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.ctx.world_size,
+            # the cut of the data (ranks, batch, workers) and earlier cuts of this epoch: elastic resume
+            "loader": self.loader.state_at(epoch, epoch_step) if hasattr(self.loader, "state_at") else None,
             "n_clusters": self.n_clusters,
             "bn_splits": self.bn_splits,
             "rng": rngs,
