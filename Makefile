@@ -4,8 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# MosaicML streaming and litdata, for bench_loader_latency's peer rows: a venv of their own, since they pin
+# numpy 2.1 and pull cloud clients the tests do not need
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
 
-.PHONY: demo test bench lint ablation clean
+.PHONY: demo test bench bench-peers lint ablation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +25,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run_all --out bench-out
+
+$(PEERS_STAMP): pyproject.toml constraints.txt
+	test -x $(PEERS_VENV)/bin/python || $(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q -c constraints.txt -e . psutil mosaicml-streaming==0.13.0 litdata==0.2.76
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python -m tests.bench.bench_loader_latency --out bench-out/loader_latency
 
 ablation: $(STAMP)
 	$(BIN)/python -m tests.bench.ablation --out bench-out/ablation
