@@ -49,7 +49,7 @@ from tests.net_shaping import ShapingProxy
 from tests.s3_support import bucket_fs, moto_server
 
 BUCKET = "bench-latency"
-_FULL = {"delays": "0,20,50,100", "workers": "0,2,4", "locations": 2400, "shard_bytes": "12MB",
+_FULL = {"delays": "0,20,50,100", "workers": "0,2,4", "locations": 4800, "shard_bytes": "12MB",
          "image_size": 192, "crop": 224, "repeats": 2}  # fmt: skip
 _QUICK = {"delays": "0,50", "workers": "0,2", "locations": 240, "shard_bytes": "1MB", "image_size": 128,
           "crop": 112, "repeats": 1}  # fmt: skip

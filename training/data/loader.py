@@ -870,13 +870,14 @@ class StreamingLoader:
         the batches of that epoch not yet handed out, then later iterations the next epochs. A state of
         other data, batch size, workers or seed is refused with one line (GeoSSLError).
 
-        A state saved on another number of ranks (batch size and workers may differ with it) is an elastic
-        resume (elastic.py): the rest of that epoch, each sample the saved run had not taken once over the
-        new ranks (`steps_in_epoch()` says how many batches), then exact epochs on the new ranks."""
+        A state saved under another cut (`other_cut`: another number of ranks, per-rank batch, loader
+        workers or shuffle buffer) is an elastic resume (elastic.py): the rest of that epoch, each sample
+        the saved run had not taken once over this loader's ranks (`steps_in_epoch()` says how many
+        batches), then exact epochs under this cut."""
         mine = self.state_dict()
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise GeoSSLError(f"loader state: not a StreamingLoader state of format {_STATE_FORMAT}")
-        if type(state.get("world_size")) is int and state["world_size"] != mine["world_size"]:
+        if self.other_cut(state):
             self._load_elastic(state, mine)
             return
         for key in ("seed", "rank", "world_size"):
@@ -893,6 +894,17 @@ class StreamingLoader:
         used, cuts = _saved_cuts(state)
         self._elastic, self._rest = ((epoch, used, cuts), None) if cuts else (None, None)
         self.set_epoch(epoch, start_step=step)
+
+    def other_cut(self, state: dict) -> bool:
+        """Whether `state` was saved under another cut of the same epochs (ranks, per-rank batch, logical
+        workers or shuffle buffer: the batches differ from here on), which load_state_dict resumes
+        elastically; the data and the seed are checked there."""
+        if not isinstance(state, dict) or type(state.get("world_size")) is not int:
+            return False
+        saved, mine = state.get("plan") if isinstance(state.get("plan"), dict) else {}, self._fingerprint()
+        return state["world_size"] != self._spec.world_size or any(
+            saved.get(k) != mine[k] for k in ("batch_size", "workers", "shuffle_buffer")
+        )
 
     def _load_elastic(self, state: dict, mine: dict) -> None:
         """A state of another world size: the saved cut joins the epoch's cuts, this loader reads the rest."""

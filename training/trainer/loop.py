@@ -265,13 +265,14 @@ class Trainer:
         _say(self.ctx, f"=> resumed {self.ckpt_url} at step {self.step} (epoch {self.epoch})")
 
     def _elastic_resume(self, ckpt: dict[str, Any]) -> None:
-        """On another number of ranks, the loader reads the rest of the saved epoch, each location the
-        saved run had not trained on exactly once over the new ranks (training/data/elastic.py). The global
+        """On another number of ranks or loader workers (another cut of the epoch: loader.other_cut), the
+        loader reads the rest of the saved epoch, each location the saved run had not trained on exactly
+        once over the new ranks (training/data/elastic.py). The global
         batch (--batch-size) is the same, so that rest is exactly the steps the saved run had left: the
         step counter, the lr schedule and the epoch's end are unchanged. Also restores an epoch that was
         already resumed that way (the loader state holds its earlier cuts)."""
         state = ckpt.get("loader")
-        elastic = ckpt["world_size"] != self.ctx.world_size
+        elastic = state is not None and self.loader.other_cut({**state, "rank": self.ctx.rank})
         if state is None or not (elastic or "elastic" in state):
             return  # same ranks: set_epoch(epoch, start_step) replays the epoch exactly
         self.loader.load_state_dict({**state, "rank": self.ctx.rank})  # rank 0's state serves every rank
@@ -283,10 +284,12 @@ class Trainer:
             )
         if elastic:
             left = (steps - self.epoch_step) * self.cfg.batch_size
-            _say(self.ctx, f"=> note: resuming on {self.ctx.world_size} ranks, saved on {ckpt['world_size']}: "
-                           f"the {left} locations epoch {self.epoch} has left are cut anew, each once over "
+            was, now = state["plan"], self.loader.state_dict()["plan"]
+            _say(self.ctx, f"=> note: resuming on {self.ctx.world_size} rank(s) x {now['workers']} loader "
+                           f"worker(s), saved on {ckpt['world_size']} x {was.get('workers')}: the {left} "
+                           f"locations epoch {self.epoch} has left are cut anew, each once over "
                            f"{self.ctx.world_size} rank(s) (RNG states not restored); later epochs are "
-                           f"exact on {self.ctx.world_size} rank(s)")  # fmt: skip
+                           f"exact under the new cut")  # fmt: skip
 
     def _make_monitor_loaders(self) -> tuple | None:
         cfg = self.cfg

@@ -146,6 +146,21 @@ def test_a_loader_state_of_2_ranks_resumes_on_1_and_3_ranks_each_location_once(s
     assert sorted(taken + again + tail) == sorted(set(taken + again + tail)) and len(tail) == 12
 
 
+def test_a_state_of_2_workers_resumes_on_0_workers_each_location_once(shards):
+    """Same ranks, another number of loader workers: the batches would differ from the stop on (batch j
+    belongs to worker j % W), so the rest of the epoch is cut anew (loader.other_cut), not replayed."""
+    loader = _loader(shards, 5, 1, 0, workers=2)
+    it = iter(loader)
+    taken = [k for _ in range(3) for k in next(it)["key"]]
+    state = loader.state_dict()
+    it.close()
+    other = _loader(shards, 5, 1, 0, workers=0)
+    assert other.other_cut(state) and not _loader(shards, 5, 1, 0, workers=2).other_cut(state)
+    other.load_state_dict(state)
+    rest = [k for b in _keys(other) for k in b]
+    assert sorted(taken + rest) == sorted(set(taken + rest)) and len(taken + rest) == 30
+
+
 def test_an_elastic_state_of_other_data_is_refused(shards, tmp_path):
     state = _loader(shards, 3, 2, 0).state_dict()
     other = tmp_path / "other"
@@ -167,7 +182,7 @@ def _resume(tmp_path: Path, name: str, world: int, *extra: str) -> list[list[dic
     proc = torchrun(
         world, "trainer_probe.py", str(rec), "--", "--out", str(tmp_path / name), "--resume", *extra
     )
-    assert f"resuming on {world} ranks, saved on " in proc.stderr, proc.stderr[-3000:]
+    assert f"resuming on {world} rank(s) x " in proc.stderr, proc.stderr[-3000:]
     return [read_records(rec, r) for r in range(world)]
 
 
