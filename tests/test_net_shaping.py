@@ -90,8 +90,8 @@ def test_latency_benchmark_smoke(tmp_path):
     disk, each S3 row went through the proxy, and a 300 ms delay shows in the time to the first batch."""
     out = tmp_path / "lat"
     cmd = [sys.executable, "-m", "tests.bench.bench_loader_latency", "--out", str(out), "--quick",
-           "--locations", "48", "--shards", "2", "--image-size", "32", "--crop", "32", "--batch-size", "8",
-           "--delays", "0,300", "--workers", "0", "--loads", "defer"]  # fmt: skip
+           "--locations", "48", "--shard-bytes", "40000", "--image-size", "32", "--crop", "32", "--batch-size", "8",
+           "--delays", "0,300", "--workers", "0", "--loads", "defer", "--peers", "none"]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = json.loads((out / "latency.json").read_text())["runs"]
