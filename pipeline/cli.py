@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common.checks import positive_int_arg, seed_arg
+from geo_ssl.pipeline.common.cli_args import OneLineParser
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.executor import add_executor_flags
+from geo_ssl.pipeline.common.logs import add_verbosity_flags, set_verbosity
 from geo_ssl.pipeline.common.storage import redact
 from geo_ssl.pipeline.fmow import commands as fmow_commands
 from geo_ssl.pipeline.geoimagenet import commands as geoimagenet_commands
@@ -55,7 +57,7 @@ def _shard_kwargs(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="geo-build-dataset",
         description="Turn fMoW-rgb into clustered WebDataset shards of temporal tuples for geo-aware SSL.",
     )
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for subparser in sub.choices.values():  # every subcommand takes the same storage flags
         add_storage_flags(subparser)
+        add_verbosity_flags(subparser)
     return parser
 
 
@@ -131,6 +134,7 @@ def build_source(args: argparse.Namespace) -> str:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_verbosity(args)
     cmd = args.command
     from geo_ssl.pipeline.common import storage
 

@@ -169,6 +169,9 @@ FLICKR_GEO = pa.schema(
         pa.field("error_message", pa.string()),
         pa.field("attempts", pa.int16(), nullable=False),  # HTTP calls it took (0: from YFCC)
         pa.field("answered_at", UTC_MS, nullable=False),
+        # GeoParquet WKB point (lon, lat), made from lat/lon by write_table; null where they are (every status
+        # but ok). Part files of a harvest begun before it have no such column: the merge makes it
+        pa.field("geometry", pa.binary()),
     ]
 )
 

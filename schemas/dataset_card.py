@@ -19,6 +19,28 @@ DATASET_CARD = "dataset.json"
 #: Sample layouts of write-shards (SAMPLE_FORMAT.md): one sample per location, or per view.
 LAYOUTS = ("locations", "views")
 
+#: Hub licence fields of each data set (the card's `dataset`; fMoW when absent), shared by the shard folder's
+#: README.md and the model card of weights trained on it (neither is a standard licence: Hub `license: other`).
+DATA_LICENCES: dict[str, dict[str, str]] = {
+    "fmow": {
+        "license_name": "fmow-challenge-public-license",
+        "license_link": "https://github.com/fMoW/dataset/blob/master/LICENSE",
+        "source": "fMoW-rgb (Functional Map of the World)",
+    },
+    "geoimagenet": {
+        "license_name": "imagenet-terms-and-flickr-photo-licences",
+        "license_link": "https://image-net.org/download.php",
+        "source": "ImageNet images with Flickr coordinates (GeoImageNet)",
+    },
+}
+
+
+def data_licence(dataset: object) -> dict[str, str]:
+    """Hub licence fields for a card's `dataset` (None: fMoW); an unknown one gets a name and no link."""
+    key = str(dataset or "fmow").lower()
+    return DATA_LICENCES.get(key, {"license_name": "see-data-source", "license_link": "", "source": key})
+
+
 #: Types of the card's fields (when present); `splits` is required (every write-shards card has it).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "dataset": (str,), "schema_version": (str,), "sample_format_version": (str,),

@@ -14,6 +14,8 @@ One classifier (`is_transient`) and one policy type (`RetryPolicy`) serve every 
 reads and writes here (`retry_io`), seekable readers (`RetryingReader`), the loader's shard streams and
 its shard cache (training/data/shard_io.py). Attempts and backoff of `retry_io`: `GEO_SSL_IO_ATTEMPTS`
 (default 4) and `GEO_SSL_IO_BACKOFF` (seconds before the first retry, doubled each time, default 0.5).
+One exception: a connection refused by an endpoint that has not answered since the process started
+(reach.py probes it on first contact) is not retried: nothing is there, and the command says so at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.reach import never_answered, probe
 
 T = TypeVar("T")
 
@@ -151,9 +154,10 @@ class RetryPolicy:
         base = min(self.max_wait, self.backoff * 2 ** (failure - 1))
         return base * (1 - self.jitter + 2 * self.jitter * random.random()) if self.jitter else base
 
-    def gives_up(self, failures: int, started: float) -> bool:
-        """No more tries after `failures` failures of a call first tried at `started` (time.monotonic())."""
-        if failures >= max(1, self.attempts):
+    def gives_up(self, failures: int, started: float, exc: BaseException | None = None) -> bool:
+        """No more tries after `failures` failures of a call first tried at `started` (time.monotonic()),
+        nor after `exc` if it is a refusal by an endpoint that never answered (reach.never_answered)."""
+        if failures >= max(1, self.attempts) or (exc is not None and never_answered(exc)):
             return True
         return self.deadline is not None and time.monotonic() - started >= self.deadline
 
@@ -176,11 +180,24 @@ def retry_io(fn: Callable[[], T], what: str, policy: RetryPolicy | None = None) 
             if not is_transient(exc):
                 raise
             failures += 1
+            if never_answered(exc):
+                raise StorageError(
+                    f"{what} failed ({describe(exc)}); storage unreachable: nothing has answered there since "
+                    "the start, so no retries; check the endpoint and rerun"
+                ) from exc
             if policy.gives_up(failures, started):
                 raise StorageError(
                     f"{what} failed {failures} times ({describe(exc)}); storage is failing or unreachable"
                 ) from exc
             time.sleep(policy.wait(failures))
+
+
+def fail_if_unreachable(url: str, what: str, setting: str) -> None:
+    """StorageError (exit 3) at once if nothing listens at `url` on first contact (reach.probe), for
+    clients whose retries are their own (the Flickr harvest); `what` names the service, `setting` the flag."""
+    reason = probe(url)
+    if reason is not None:
+        raise StorageError(f"{what} unreachable at {url}: {reason}; check {setting} or start the server")
 
 
 class RetryingReader:

@@ -248,7 +248,18 @@ def options_for(url: str) -> dict[str, Any]:
             out["token"] = "anon"
     elif protocol in _AZ and anon is not None:
         out["anon"] = anon
+    if endpoint and protocol in _S3 | _GCS:
+        out = _first_contact(out, endpoint, protocol in _S3)
     return out
+
+
+def _first_contact(options: dict[str, Any], endpoint: str, s3: bool) -> dict[str, Any]:
+    """Probe --storage-endpoint once (reach.py); where nothing listens, botocore tries once and the retry
+    policy stops at the first refusal, so a wrong address fails in a second with one line."""
+    from geo_ssl.pipeline.common.reach import probe
+
+    dead = probe(endpoint) is not None
+    return _merge(options, {"config_kwargs": {"retries": {"max_attempts": 1}}}) if dead and s3 else options
 
 
 def _secrets(value: Any, key: str = "") -> list[str]:

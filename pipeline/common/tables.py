@@ -28,21 +28,27 @@ _GEO_META = {
 
 
 def point_geometry(lon, lat) -> pa.Array:
-    """WKB points (lon, lat) for a GeoParquet `geometry` column."""
+    """WKB points (lon, lat) for a GeoParquet `geometry` column; null where a coordinate is missing (NaN)."""
     import shapely
 
     lon = np.asarray(lon, dtype=np.float64)
     lat = np.asarray(lat, dtype=np.float64)
-    return pa.array(shapely.to_wkb(shapely.points(lon, lat)).tolist(), type=pa.binary())
+    wkb = shapely.to_wkb(shapely.points(lon, lat)).tolist()
+    known = np.isfinite(lon) & np.isfinite(lat)
+    return pa.array([w if ok else None for w, ok in zip(wkb, known.tolist(), strict=True)], type=pa.binary())
 
 
 def _geo_meta(table: pa.Table) -> dict:
     """GeoParquet metadata, with the bounding box of the points when there are any."""
     meta = json.loads(json.dumps(_GEO_META))
     if table.num_rows and {"lon", "lat"} <= set(table.column_names):
-        lon, lat = table.column("lon").to_numpy(), table.column("lat").to_numpy()
-        bbox = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
-        meta["columns"]["geometry"]["bbox"] = bbox
+        lon = table.column("lon").to_numpy().astype(np.float64)  # nulls (no location) are NaN: left out
+        lat = table.column("lat").to_numpy().astype(np.float64)
+        known = np.isfinite(lon) & np.isfinite(lat)
+        if known.any():
+            lon, lat = lon[known], lat[known]
+            bbox = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+            meta["columns"]["geometry"]["bbox"] = bbox
     return meta
 
 

@@ -31,7 +31,7 @@ from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
-from geo_ssl.pipeline.common.retry import retry_io
+from geo_ssl.pipeline.common.retry import fail_if_unreachable, retry_io
 from geo_ssl.pipeline.common.tables import write_table
 from geo_ssl.pipeline.geoimagenet import flickr_client
 from geo_ssl.pipeline.geoimagenet.credentials import Credentials, load_credentials
@@ -355,6 +355,7 @@ def _yfcc_step(yfcc: str, out: str, store: ResultStore, ids: np.ndarray, wnids,
 
 
 def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo: np.ndarray):
+    fail_if_unreachable(opts.api_url, "Flickr API", "--api-url")  # a dead address: one line, no retries
     counts: Counter = Counter()
     failed = 0
     fatal = None

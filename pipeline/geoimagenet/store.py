@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import shapely  # noqa: F401  (the parts' points: imported now, not in the flush after Ctrl-C while calls go on)
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.retry import retry_io
@@ -26,8 +27,9 @@ _PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 
 
 def rows_table(rows: list[dict]) -> pa.Table:
-    cols = {f.name: [r.get(f.name) for r in rows] for f in FLICKR_GEO}
-    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in FLICKR_GEO})
+    """The answers as a table; its GeoParquet geometry is made from lat/lon by write_table."""
+    fields = [f for f in FLICKR_GEO if f.name != "geometry"]
+    return pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in fields})
 
 
 def first_answers(table: pa.Table) -> pa.Table:
@@ -77,7 +79,7 @@ class ResultStore:
         if not tables:
             schema = FLICKR_GEO if columns is None else pa.schema([FLICKR_GEO.field(c) for c in columns])
             return schema.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables, promote_options="default")  # parts from before `geometry`: nulls
 
     def answered_ids(self) -> np.ndarray:
         """Sorted photo ids already answered (from the API or the YFCC join)."""
@@ -86,5 +88,7 @@ class ResultStore:
     def merge(self) -> pa.Table:
         """Write OUT/flickr_geo.parquet: every answered photo once, sorted by photo id; returns it."""
         table = first_answers(self.read_all())
-        write_table(table, self.final, "flickr_geo")
+        # the points again from lat/lon (write_table), so that parts written before `geometry` get theirs
+        plain = [c for c in table.column_names if c != "geometry"]
+        write_table(table.select(plain), self.final, "flickr_geo")
         return table

@@ -4,6 +4,8 @@ Each view is shown on its source image when that is readable (the path from imag
 crop written to the shard drawn as a dashed yellow frame and the fMoW object box in red; otherwise the
 stored view from the shard is shown (found through sample_index.parquet, one ranged read), with the
 box in the stored pixels. A location with more than `columns` views continues on the next line.
+The words follow the source: a GeoImageNet location is one photo with no object box (its index records
+the whole photo as the box) and, mostly, no capture date (the index records 1970-01-01): neither is drawn.
 Composed with Pillow, so the thumbnails are exact pixels, not resampled by a plotting library.
 """
 
@@ -28,6 +30,32 @@ CAPTION = 34  # px of text under each tile
 PAD = 8
 _CROP = (255, 214, 0)
 _BOX = (230, 30, 30)
+_NO_DATE = "1970-01-01"  # what the indexes record for an unknown capture time (GeoImageNet, fMoW fallback)
+
+#: The sheet's words per source (which one: `source_of`).
+WORDING = {
+    "fmow": {
+        "legend": "red: the fMoW object box (on the source image unless marked 'stored')",
+        "views": "{n} view(s), oldest first",
+        "title": "every view oldest first",
+    },
+    "geoimagenet": {
+        "legend": "GeoImageNet: one Flickr photo per location, no object box (the sample is the whole photo)",
+        "views": "{n} photo(s)",
+        "title": "one photo each",
+    },
+}
+
+
+def source_of(index: str) -> str:
+    """'geoimagenet' when the index folder is index-imagenet's (it writes geoimagenet_images.parquet), else 'fmow'."""
+    return "geoimagenet" if fsio.exists(fsio.join(index, "geoimagenet_images.parquet")) else "fmow"
+
+
+def view_date(timestamp: str) -> str:
+    """The caption's date: YYYY-MM-DD, or 'date unknown' for the indexes' placeholder."""
+    day = timestamp[:10]
+    return "date unknown" if day == _NO_DATE else day
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -60,8 +88,9 @@ def _fit(im: Image.Image) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
 
 
-def _source_tile(path: str, crop: list | None, box: list) -> Image.Image | None:
-    """The source image fitted to the tile with the crop (dashed) and box drawn; None when unreadable."""
+def _source_tile(path: str, crop: list | None, box: list | None) -> Image.Image | None:
+    """The source image fitted to the tile with the crop (dashed) and box (unless None) drawn; None when
+    unreadable."""
     try:
         fs, p = fsio.get_fs(path)
         with fs.open(p, "rb") as f:
@@ -76,7 +105,8 @@ def _source_tile(path: str, crop: list | None, box: list) -> Image.Image | None:
     draw = ImageDraw.Draw(im)
     if crop is not None:
         _dashed_rect(draw, _xywh(crop, scale), _CROP)
-    draw.rectangle(_xywh(box, scale), outline=_BOX, width=2)
+    if box is not None:
+        draw.rectangle(_xywh(box, scale), outline=_BOX, width=2)
     return im
 
 
@@ -191,7 +221,7 @@ def _from_index(index_rows: pa.Table, clusters: dict, n: int, seed: int) -> list
     ]
 
 
-def _render(locations: list[dict], k: int, columns: int, title: str) -> Image.Image:
+def _render(locations: list[dict], k: int, columns: int, title: str, source: str = "fmow") -> Image.Image:
     lines = [max(1, -(-len(loc["views"]) // columns)) for loc in locations]
     width = HEADER + columns * (TILE + PAD) + PAD
     row_h = TILE + CAPTION + PAD
@@ -200,7 +230,9 @@ def _render(locations: list[dict], k: int, columns: int, title: str) -> Image.Im
     draw = ImageDraw.Draw(sheet)
     big, small, tiny = _font(17), _font(13), _font(12)
     draw.text((PAD, 10), title, fill="black", font=big)
-    legend = "red: the fMoW object box (on the source image unless marked 'stored')"
+    words = WORDING[source]
+    legend = words["legend"]
+    boxed = source != "geoimagenet"  # GeoImageNet's "box" is the whole photo: drawing it says nothing
     if any(v["crop"] for loc in locations for v in loc["views"]):
         legend = "dashed yellow: the crop stored in the shard   " + legend
     draw.text((PAD, 34), legend, fill=(80, 80, 80), font=tiny)
@@ -215,12 +247,13 @@ def _render(locations: list[dict], k: int, columns: int, title: str) -> Image.Im
             draw.rounded_rectangle((PAD, y + 46, PAD + 118, y + 66), radius=4, fill=fill)
             draw.text((PAD + 5, y + 48), f"geo cluster {loc['cluster']}", fill=text_color(rgba), font=small)
         draw.text((PAD, y + 72), f"lat {loc['lat']:.3f}  lon {loc['lon']:.3f}", fill=(40, 40, 40), font=small)
-        draw.text((PAD, y + 92), f"{len(loc['views'])} view(s), oldest first", fill=(40, 40, 40), font=small)
+        draw.text((PAD, y + 92), words["views"].format(n=len(loc["views"])), fill=(40, 40, 40), font=small)
         for i, view in enumerate(loc["views"]):
-            tile = _source_tile(view["path"], view["crop"], view["box"]) if view["path"] else None
+            box = view["box"] if boxed else None
+            tile = _source_tile(view["path"], view["crop"], box) if view["path"] else None
             kind = "source"
             if tile is None and view["stored"] is not None:
-                tile, kind = _stored_tile(view["stored"], view["stored_box"]), "stored"
+                tile, kind = _stored_tile(view["stored"], view["stored_box"] if boxed else None), "stored"
             line, col = divmod(i, columns)
             x0 = HEADER + PAD + col * (TILE + PAD)
             y0 = y + line * row_h
@@ -229,7 +262,7 @@ def _render(locations: list[dict], k: int, columns: int, title: str) -> Image.Im
                 draw.text((x0 + 8, y0 + TILE // 2), "image unavailable", fill=(150, 0, 0), font=tiny)
             else:
                 sheet.paste(tile, (x0 + (TILE - tile.width) // 2, y0 + (TILE - tile.height) // 2))
-            draw.text((x0, y0 + TILE + 3), f"{i + 1}. {view['timestamp'][:10]}  view {view['view_id']}",
+            draw.text((x0, y0 + TILE + 3), f"{i + 1}. {view_date(view['timestamp'])}  view {view['view_id']}",
                       fill="black", font=tiny)  # fmt: skip
             draw.text(
                 (x0, y0 + TILE + 17), kind, fill=(0, 90, 170) if kind == "source" else (170, 90, 0), font=tiny
@@ -269,8 +302,9 @@ def draw_contact_sheet(
         where = "sampled from the image index (no shards yet)"
     if not locations:
         return None
-    title = f"Contact sheet: {len(locations)} locations {where}, every view oldest first"
-    sheet = _render(locations, k, columns, title)
+    source = source_of(index)
+    title = f"Contact sheet: {len(locations)} locations {where}, {WORDING[source]['title']}"
+    sheet = _render(locations, k, columns, title, source)
     with fsio.atomic_local_path(url) as tmp:
         sheet.save(tmp, format="PNG", optimize=False)
     return url

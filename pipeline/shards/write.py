@@ -19,6 +19,7 @@ from geo_ssl.pipeline.common.progress import Summary, progress
 from geo_ssl.pipeline.common.retry import StorageError
 from geo_ssl.pipeline.common.tables import read_table, write_table
 from geo_ssl.pipeline.shards import card, sample_extras
+from geo_ssl.pipeline.shards.hub_card import HUB_CARD, hub_card, max_views
 from geo_ssl.pipeline.shards.manifest import (
     DATASET_CARD,
     DONE_DIR,
@@ -103,6 +104,7 @@ def _write_shards(index: str, out: str, clusters: str | None, options: ShardOpti
     dataset_card.update(card.describe(out, index, clusters_dir, geo_clusters, plan.views, inputs))
     dataset_card.update(sample_extras.card_fields(getattr(plan, "extras", None)))
     fsio.atomic_write_text(fsio.join(out, DATASET_CARD), dumps(dataset_card))
+    fsio.atomic_write_text(fsio.join(out, HUB_CARD), hub_card(dataset_card, max_views(ordered)))
     return _summary(plan, ordered, out)
 
 

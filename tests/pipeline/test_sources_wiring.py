@@ -54,7 +54,7 @@ def test_source_is_the_clis_flag() -> None:
 @pytest.mark.parametrize(
     "args, config, expect",
     [
-        (["--source", "nope"], None, "argument --source: invalid choice: 'nope'"),
+        (["--source", "nope"], None, "--source: invalid choice: 'nope'"),
         (["--root", "{tmp}/none"], None, "fMoW root not found"),  # default: fMoW
         (["--source", "geoimagenet", "--root", "{tmp}/none"], None, "GeoImageNet build: no urls given"),
         ([], 'source = "geoimagenet"\nroot = "{tmp}/none"\n', "GeoImageNet build: no urls given"),

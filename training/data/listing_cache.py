@@ -16,14 +16,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 
+from geo_ssl.pipeline.common.logs import get_logger
 from geo_ssl.pipeline.common.retry import EXIT_STORAGE, is_transient
 from geo_ssl.training.data.shard_cache import ShardCache
 from geo_ssl.training.data.shard_list import ShardSet, is_local, select_shards
 
+log = get_logger(__name__)
 _SAID: set[str] = set()
 
 
@@ -61,7 +62,7 @@ def cached_shard_set(
             kept = json.load(f)
         if path not in _SAID:  # preflight and the loader both ask: one line per run
             _SAID.add(path)
-            print(f"geo-ssl loader: {exc}; using the shard list cached in {path}", file=sys.stderr)
+            log.warning("geo-ssl loader: %s; using the shard list cached in %s", exc, path)
         ShardCache.store_down()  # the shards' own checks: one try each
         counts = [tuple(c) for c in kept["counts"]]
         found = ShardSet(kept["shards"], counts, kept["left_out"], kept["lost"], kept.get("sha256", []))

@@ -84,7 +84,6 @@ import functools
 import itertools
 import math
 import random
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
@@ -92,6 +91,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import get_logger
 from geo_ssl.training.data.augment import (
     BatchBuffers,
     MocoV2Augment,
@@ -156,6 +156,7 @@ __all__ = [
     "views_loader",
 ]
 
+log = get_logger(__name__)
 _DECODE_MODES = ("cpu", "defer")
 _STATE_FORMAT = 1  # StreamingLoader.state_dict's layout
 _OUTPUTS = ("float", "uint8")
@@ -285,7 +286,7 @@ def _retry_counter(stats: LoaderStats) -> Callable[[str], None]:
 
     def on_retry(message: str) -> None:
         stats.retries += 1
-        print(f"geo-ssl loader: {message}", file=sys.stderr, flush=True)
+        log.info("geo-ssl loader: %s", message)
 
     return on_retry
 
@@ -314,7 +315,7 @@ def _left_out_on_read(exc: NotTheShardError, samples: int, errors: SampleErrors)
     if len(stats.errors) < _MAX_ERRORS_KEPT:
         stats.errors.append(str(exc))
     if exc.new:
-        print(f"geo-ssl loader: {exc}; left out, its samples counted as missing", file=sys.stderr, flush=True)
+        log.warning("geo-ssl loader: %s; left out, its samples counted as missing", exc)
 
 
 @dataclass
@@ -715,13 +716,12 @@ def _join_feeders(queues: list) -> None:
 def _say_left_out(chosen: ShardSet) -> None:
     """One stderr line per shard left out of the split (shard_list.select_shards), then the samples lost."""
     for line in chosen.left_out:
-        print(f"geo-ssl loader: {line}; left out", file=sys.stderr, flush=True)
+        log.warning("geo-ssl loader: %s; left out", line)
     if chosen.lost:
-        print(
-            f"geo-ssl loader: {chosen.lost} samples of manifest.parquet are in shards left out: counted as "
-            "missing; --strict refuses",
-            file=sys.stderr,
-            flush=True,
+        log.warning(
+            "geo-ssl loader: %s samples of manifest.parquet are in shards left out: counted as missing; "
+            "--strict refuses",
+            chosen.lost,
         )
 
 
@@ -927,9 +927,9 @@ class StreamingLoader:
         self._elastic, self._rest = ((epoch, used, cuts), None) if cuts else (None, None)
         rest = self._elastic_rest(epoch)
         if rest is not None and rest[1]["dropped"] and self._spec.rank == 0:
-            print(f"geo-ssl loader: {rest[1]['dropped']} of the epoch's {rest[1]['remaining']} remaining "
-                  f"samples do not fill a batch on each of {self._spec.world_size} ranks: left out of epoch "
-                  f"{epoch}", file=sys.stderr, flush=True)  # fmt: skip
+            log.warning("geo-ssl loader: %s of the epoch's %s remaining samples do not fill a batch on each "
+                        "of %s ranks: left out of epoch %s", rest[1]["dropped"], rest[1]["remaining"],
+                        self._spec.world_size, epoch)  # fmt: skip
         self.set_epoch(epoch, start_step=step)
 
 

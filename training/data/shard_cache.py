@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import os
 import posixpath
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,11 +26,13 @@ from collections.abc import Callable
 import fsspec
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import get_logger
 from geo_ssl.pipeline.common.retry import RetryPolicy, is_transient
 from geo_ssl.pipeline.common.storage import options_for  # the command's --storage-* settings
 from geo_ssl.training.data.shard_io import RetryingStream, ShardReadError, loader_policy
 from geo_ssl.training.data.shard_list import is_local, open_shard
 
+log = get_logger(__name__)
 _SUFFIX = ".tar"
 _DOWN_FOR = 60.0  # seconds a store that failed a whole retry sequence is taken for down
 _TEMP_PREFIX = ".tmp-"
@@ -117,7 +118,7 @@ class ShardCache:
             copy = self._cached_copy(url) if exc.transient else None
             if copy is None:
                 raise
-            print(f"geo-ssl loader: {exc}; using the cached copy {copy}", file=sys.stderr, flush=True)
+            log.warning("geo-ssl loader: %s; using the cached copy %s", exc, copy)
             ShardCache.store_down()
             return copy, True
         path = os.path.join(self.dir, self.name_for(url, size, etag))
@@ -207,7 +208,7 @@ class ShardCache:
             except Exception as exc:
                 failures += 1
                 transient = is_transient(exc)
-                if not transient or policy.gives_up(failures, started):
+                if not transient or policy.gives_up(failures, started, exc):
                     err = ShardReadError(
                         f"shard {url}: cannot stat for the cache ({type(exc).__name__}: {exc})"
                     )

@@ -141,7 +141,7 @@ def _wait_or_raise(
     or raise ShardReadError when the error is not transient or the policy gives up."""
     failures += 1
     transient = is_transient(exc)
-    if not transient or policy.gives_up(failures, started):
+    if not transient or policy.gives_up(failures, started, exc):
         tried = f" after {failures} attempts" if transient else ""
         err = ShardReadError(
             f"shard {url}: {what} failed at byte {pos}{tried} ({type(exc).__name__}: {exc}); "

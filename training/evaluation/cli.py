@@ -23,12 +23,17 @@ from typing import Any, NoReturn
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import fsio, storage
+from geo_ssl.pipeline.common.cli_args import OneLineParser
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import add_verbosity_flags, set_verbosity
 from geo_ssl.pipeline.common.retry import EXIT_USAGE, explain_failure, retry_io
 from geo_ssl.training.trainer.config import ARCH_NAMES
 from geo_ssl.training.trainer.run_folder import output_problem
 
 # torch and the models are imported in evaluate(), after check_args: a wrong flag costs no torch import.
+
+#: Input size when neither --image-size nor the weights say one (the official MoCo / GASSL crop).
+DEFAULT_IMAGE_SIZE = 224
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,7 +42,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--arch", choices=ARCH_NAMES, default=None, help="default: inferred from the weights")
     p.add_argument("--data", required=True, help="shard folder (or pattern) holding the evaluation splits")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size in px (default: the trained size the checkpoint or its export card records, "
+                        f"else {DEFAULT_IMAGE_SIZE})")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--all-views", action=argparse.BooleanOptionalAction, default=True,
@@ -47,6 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="stop at the first corrupt or missing sample (default: skip it, count it, report it)")  # fmt: skip
     storage.add_storage_flags(p)  # --weights, --data and --out may be s3:// etc. URLs
+    add_verbosity_flags(p)
 
 
 EPILOG = (
@@ -56,7 +64,7 @@ EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geo-eval", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    parser = OneLineParser(prog="geo-eval", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
@@ -156,7 +164,7 @@ def check_args(args: argparse.Namespace) -> None:
 
     if args.batch_size <= 0:
         bad("--batch-size", args.batch_size, "must be > 0")
-    if args.image_size < 32:
+    if args.image_size is not None and args.image_size < 32:
         bad("--image-size", args.image_size, "must be >= 32")
     if args.num_workers < 0:
         bad("--num-workers", args.num_workers, "must be >= 0")
@@ -203,6 +211,48 @@ def check_args(args: argparse.Namespace) -> None:
         raise GeoSSLError(f"--weights {args.weights}: is a folder; give a checkpoint file")
 
 
+def _card_input_size(weights: str) -> tuple[int, str] | None:
+    """(size, file) from an export's card beside the weights: WEIGHTS.json's preprocessing, or a timm-style
+    config.json's pretrained_cfg (a .pth export records nothing inside the weights)."""
+    for card in (weights + ".json", fsio.join(os.path.dirname(weights) or ".", "config.json")):
+        try:
+            data = json.loads(fsio.read_bytes(card))
+        except (OSError, ValueError):  # absent, unreadable or not JSON: not a card
+            continue
+        if not isinstance(data, dict):
+            continue
+        for holder in (data.get("preprocessing"), data.get("pretrained_cfg"), data):
+            if isinstance(holder, dict) and holder.get("file") not in (None, os.path.basename(weights)):
+                continue  # a config.json shared by several exports in one folder: another one's
+            size = holder.get("input_size") if isinstance(holder, dict) else None
+            if isinstance(size, list) and size and isinstance(size[-1], int):
+                return size[-1], os.path.basename(card)
+    return None
+
+
+def input_size(weights: str, meta: dict[str, Any], requested: int | None) -> dict[str, Any]:
+    """The input size to evaluate at: --image-size, else the trained size (checkpoint config, export metadata
+    or card), else DEFAULT_IMAGE_SIZE. A backbone evaluated at another size than it was trained at scores
+    lower for a reason that is not its features, so an explicit different size gets a note.
+
+    Returns {"image_size", "source", "trained" (None when unknown), "note" (None or one line)}."""
+    trained, where = meta.get("image_size"), "the checkpoint"
+    if not trained and weights != "random":
+        found = _card_input_size(weights)
+        if found:
+            trained, where = found[0], found[1]
+    trained = int(trained) if trained else None
+    if requested is not None:
+        note = None
+        if trained and requested != trained:
+            note = (f"--image-size {requested}: evaluating at {requested} px, but the backbone was trained "
+                    f"at {trained} px ({where}); omit --image-size to use {trained}")  # fmt: skip
+        return {"image_size": requested, "source": "--image-size", "trained": trained, "note": note}
+    if trained:
+        return {"image_size": trained, "source": where, "trained": trained, "note": None}
+    return {"image_size": DEFAULT_IMAGE_SIZE, "source": "default", "trained": None, "note": None}
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen evaluation; returns the JSON-able result."""
     import torch
@@ -215,6 +265,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resnet, meta = load_backbone(args.weights, arch=args.arch, trusted=args.trust)
+    size = input_size(args.weights, meta, args.image_size)
+    args.image_size = size["image_size"]
+    if size["note"]:
+        print(f"geo-eval: note: {size['note']}", file=sys.stderr)
     extractor = FeatureExtractor(resnet).to(device)
     t0 = time.time()
     if args.command == "linear-probe":
@@ -240,6 +294,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         result.update(bank_split=args.bank_split, query_split=args.query_split)
     result.update(
         eval=args.command, weights=args.weights, data=args.data, image_size=args.image_size,
+        image_size_from=size["source"], trained_image_size=size["trained"],
         seconds=round(time.time() - t0, 2), backbone=meta,
     )  # fmt: skip
     if _same_split(args):
@@ -295,6 +350,7 @@ def _write_result(out: str, result: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_verbosity(args)
     try:
         storage.configure_from_args(args)
         check_args(args)

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import fsio, storage
+from geo_ssl.pipeline.common.cli_args import OneLineParser
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import add_verbosity_flags, set_verbosity
 from geo_ssl.pipeline.common.progress import Summary
 from geo_ssl.pipeline.common.retry import explain_failure
 from geo_ssl.training.evaluation import model_card
@@ -73,6 +75,8 @@ def backbone_state_dict(
         for key in ("arch", "method", "step"):
             if recorded.get(key):
                 meta[key] = int(recorded[key]) if key == "step" else recorded[key]
+        if recorded.get("input_size"):  # "[3, H, W]", written by geo-export: the trained crop size
+            meta["image_size"] = int(json.loads(recorded["input_size"])[-1])
     else:
         sd = ckpt.get("state_dict", ckpt.get("model"))
         if not isinstance(sd, dict):
@@ -167,8 +171,10 @@ def output_format(out: str, fmt: str | None) -> str:
 
 
 def card_paths(dst: str) -> dict[str, str]:
-    """Where the JSON card and the Markdown model card of `dst` go."""
-    return {"json": dst + ".json", "md": dst + ".md"}
+    """Where the JSON card, the Markdown model card and timm's config.json of `dst` go."""
+    folder = os.path.dirname(dst)
+    timm = fsio.join(folder, model_card.TIMM_CONFIG) if folder else model_card.TIMM_CONFIG
+    return {"json": dst + ".json", "md": dst + ".md", "timm": timm}
 
 
 def _data_description(config: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +185,7 @@ def _data_description(config: dict[str, Any]) -> dict[str, Any]:
     try:  # best effort: the shard folder may be gone or on storage this machine cannot reach
         card = json.loads(fsio.read_bytes(fsio.join(config["data"], "dataset.json")))
         out["name"] = card.get("name")
+        out["dataset"] = card.get("dataset")  # GeoImageNet; none: fMoW (the model card's licence)
         out["fingerprint"] = card.get("fingerprint")
         split = (card.get("splits") or {}).get(out["split"]) or {}
         out["locations"], out["views"] = split.get("samples"), split.get("views")
@@ -259,10 +266,11 @@ def export_backbone(
 
     resnet = to_torchvision(backbone, arch)  # refuse to write weights that would not load
     config = meta.pop("config", {})
-    size = int(meta.pop("image_size", None) or DEFAULT_INPUT_SIZE)
+    recorded = meta.pop("image_size", None)  # the run config's, or an earlier export's metadata
+    size = int(recorded or DEFAULT_INPUT_SIZE)
     size_note = (
         "the pretraining crop size"
-        if config.get("image_size")
+        if recorded
         else "the official MoCo/GASSL crop size; not recorded in the checkpoint"
     )
     preprocessing = {**NORMALIZE, "input_size": [3, size, size], "input_size_note": size_note}
@@ -303,14 +311,16 @@ def export_backbone(
     summary = Summary(stage="export", unit="tensors", inputs=len(backbone) + meta["dropped_head_tensors"])
     summary.written, summary.skipped = len(backbone), meta["dropped_head_tensors"]
     card["summary"] = summary.as_dict()
+    card["timm_config"] = model_card.timm_config(card)
     _write(paths["json"], (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
     _write(paths["md"], model_card.render(card).encode())
+    _write(paths["timm"], (json.dumps(card["timm_config"], indent=1) + "\n").encode())
     print(summary.line() + f" (head tensors skipped) -> {dst}")
     return card
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="geo-export",
         description="Export a pretrained query encoder as a ResNet backbone (fc left out) with a model card.",
     )
@@ -331,11 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=ARCH_NAMES, default=None, help="default: inferred from the weights")
     p.add_argument("--trust", action="store_true", help="load with weights_only=False (only files you trust)")
     storage.add_storage_flags(p)  # CHECKPOINT and OUT may be s3:// etc. URLs
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    set_verbosity(args)
     try:
         storage.configure_from_args(args)
         card = export_backbone(args.checkpoint, args.out, arch=args.arch, trusted=args.trust, fmt=args.format)

@@ -6,7 +6,76 @@ repository's README.md). Everything in it comes from the export's JSON card, so 
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from geo_ssl.schemas.dataset_card import data_licence
+
+#: The timm config's name: timm and the Hub read it beside the weights (geo-eval too, for the input size).
+TIMM_CONFIG = "config.json"
+_TAGS = ("image-feature-extraction", "timm", "self-supervised", "remote-sensing", "geo-ssl")
+
+
+def timm_config(card: dict[str, Any]) -> dict[str, Any]:
+    """timm's config.json for the export: the architecture and a pretrained_cfg with the TRAINED input size,
+    so `timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=cfg["pretrained_cfg"])` and
+    `timm.data.resolve_data_config` feed the model what it was trained on (timm's resnet default is 224).
+    crop_pct 1.0 and bilinear: geo-eval's Resize(S) + CenterCrop(S) of the shorter side."""
+    pre = card["preprocessing"]
+    return {
+        "architecture": card["arch"],
+        "num_classes": 0,
+        "num_features": card["feature_dim"],
+        "global_pool": "avg",
+        "pretrained_cfg": {
+            "file": card["file"],
+            "input_size": list(pre["input_size"]),
+            "fixed_input_size": False,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": list(pre["mean"]),
+            "std": list(pre["std"]),
+            "num_classes": 0,
+            "first_conv": "conv1",
+            "classifier": "fc",
+            "license": data_licence((card.get("data") or {}).get("dataset"))["license_name"],
+        },
+    }
+
+
+def front_matter(card: dict[str, Any]) -> str:
+    """The Hub's YAML for the model card (JSON scalars are YAML): library, licence, tags, data, metrics.
+
+    `datasets` lists a Hub dataset id only when the run read one (hf://datasets/ID/...); metrics come from
+    the card's `evaluation` ({name: value}) when an evaluation was recorded, never invented."""
+    data = card.get("data") or {}
+    licence = data_licence(data.get("dataset"))
+    method = str(card.get("method") or card.get("source", "unknown"))
+    lines = ["---", "library_name: timm", "license: other", f"license_name: {licence['license_name']}"]
+    if licence["license_link"]:
+        lines.append(f"license_link: {licence['license_link']}")
+    lines += ["pipeline_tag: image-feature-extraction", "tags:"]
+    lines += [f"- {t}" for t in (*_TAGS, method.replace("+", "-"))]
+    shards = str(data.get("shards", ""))
+    if shards.startswith("hf://datasets/"):
+        lines += ["datasets:", f"- {json.dumps('/'.join(shards.split('/')[3:5]))}"]
+    evaluation = card.get("evaluation") or {}
+    if evaluation:
+        lines += [
+            "model-index:",
+            f"- name: {json.dumps(card['file'])}",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "    dataset:",
+            f"      name: {json.dumps(data.get('name') or licence['source'])}",
+            f"      type: {json.dumps(data.get('dataset') or 'fmow')}",
+            "    metrics:",
+        ]
+        for name, value in sorted(evaluation.items()):
+            lines += [f"    - type: {json.dumps(name)}", f"      value: {json.dumps(value)}"]
+    return "\n".join([*lines, "---", ""]) + "\n"
 
 
 def method_text(method: str) -> str:
@@ -49,7 +118,7 @@ def render(card: dict[str, Any]) -> str:
     pre, data, train = card["preprocessing"], card.get("data") or {}, card.get("training") or {}
     size = pre["input_size"]
     lines = [
-        f"# {arch} backbone, self-supervised with {method} (geo-ssl)",
+        front_matter(card) + f"# {arch} backbone, self-supervised with {method} (geo-ssl)",
         "",
         f"A torchvision `{arch}` without its classifier: the weights of everything before `fc`, whose output "
         f"is a {card['feature_dim']}-d pooled feature. Exported by geo-export {card.get('geo_ssl_version', '')} "
@@ -94,6 +163,12 @@ def render(card: dict[str, Any]) -> str:
         "```python",
         card["load"]["timm"],
         "```",
+        "",
+        f"`{TIMM_CONFIG}` beside the weights holds timm's `pretrained_cfg` with the trained input size "
+        f"({size[1]} px; timm's {arch} default is 224): pass it as `pretrained_cfg_overlay` "
+        "(with `file=` the weights) so `timm.data.resolve_data_config({}, model=model)` resizes to it. "
+        "Several exports into one folder share that file (the last one wins); each `.json` card keeps its own "
+        "copy under `timm_config`.",
         "",
         "## Licence",
         "",

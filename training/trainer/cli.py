@@ -19,7 +19,9 @@ from collections.abc import Sequence
 
 from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import storage
+from geo_ssl.pipeline.common.cli_args import OneLineParser
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import add_verbosity_flags, set_verbosity
 from geo_ssl.pipeline.common.retry import EXIT_USAGE, explain_failure
 from geo_ssl.pipeline.common.storage import add_storage_flags
 from geo_ssl.training.trainer.config import add_config_flags, config_from_args
@@ -57,7 +59,7 @@ EXIT_SIGINT = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="geo-pretrain",
         description="Self-supervised pretraining on geo-ssl WebDataset shards (one process or torchrun DDP).",
         epilog=EPILOG,
@@ -68,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         default=None,
-        help="shipped run preset (e.g. gassl-fmow-moco-geo-tp); --config and flags override it; "
-        "`--preset list` prints them",
+        help="shipped run preset (e.g. gassl-fmow-moco-geo-tp); --config and flags override it (another "
+        "--batch-size rescales its lr linearly unless --lr is given); `--preset list` prints them",
     )
     add_config_flags(parser)
     add_storage_flags(parser)  # not config fields: never written to config.toml or checkpoints
+    add_verbosity_flags(parser)
     return parser
 
 
@@ -94,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"geo-pretrain: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     args = build_parser().parse_args(argv)
+    set_verbosity(args)
     try:
         if args.preset == "list":
             from geo_ssl.training.trainer.presets import format_presets

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -23,6 +24,8 @@ from geo_ssl.pipeline.common.errors import GeoSSLError
 
 if TYPE_CHECKING:
     from geo_ssl.training.methods import Method
+
+log = logging.getLogger(__name__)
 
 ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -347,6 +350,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """
     values = load_toml(args.config) if getattr(args, "config", None) else {}
     where = args.config if getattr(args, "config", None) else "flags"
+    lr_given = "lr" in values or getattr(args, "lr", None) is not None  # before the preset's lr joins
     if getattr(args, "preset", None):  # shipped presets come first, the file and flags override
         from geo_ssl.training.trainer.presets import preset_values
 
@@ -357,6 +361,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
+    if getattr(args, "preset", None):
+        values = preset_lr(args.preset, preset, values, lr_given)
     if values.get("resume"):
         saved = fsio.join(values.get("out", PretrainConfig.out), RUN_CONFIG)
         if fsio.exists(saved) and not os.path.isdir(saved):
@@ -364,6 +370,26 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
             previous = {k: v for k, v in load_toml(saved).items() if k not in PER_INVOCATION}
             values = {**previous, **values}
     return config_from_dict(values, where)
+
+
+def preset_lr(name: str, preset: dict[str, Any], values: dict[str, Any], lr_given: bool) -> dict[str, Any]:
+    """`values` with the preset's lr rescaled by the linear scaling rule (lr x batch / the preset's batch)
+    when the batch size differs from the preset's and no --lr (or config file lr) was given; logs one line
+    either way, since a preset's lr is tuned for its batch and silently keeping it changes the recipe."""
+    p_lr, p_batch, batch = preset.get("lr"), preset.get("batch_size"), values.get("batch_size")
+    if not p_lr or not p_batch or not isinstance(batch, int) or batch <= 0 or batch == p_batch:
+        return values
+    what = f"preset {name}: batch_size {batch} instead of the preset's {p_batch}"
+    if lr_given:
+        log.warning(
+            "%s: lr %g as given, not rescaled (--lr wins over the linear scaling rule)", what, values["lr"]
+        )
+        return values
+    lr = p_lr * batch / p_batch
+    log.warning(
+        "%s: lr %g -> %g (linear scaling rule, x %d/%d); --lr sets it", what, p_lr, lr, batch, p_batch
+    )
+    return {**values, "lr": lr}
 
 
 def _bad(msg: str) -> None:

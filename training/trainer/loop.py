@@ -457,9 +457,17 @@ class Trainer:
         finally:
             bar.close()
             if self.log:
+                self.log.hparams(self.cfg.as_dict(), self._final_metrics())
                 self.log.close()
                 self._final_push()
         return self._finish(stopped)
+
+    def _final_metrics(self) -> dict[str, float]:
+        """TensorBoard tag -> final value of what this run measured (for its hparams entry)."""
+        out = {f"train/{k}": self.last_record[k] for k in ("loss", "samples_per_s") if k in self.last_record}
+        if self.last_knn and "top1" in self.last_knn:
+            out["knn/top1"] = self.last_knn["top1"]
+        return out
 
     def _final_push(self) -> None:
         """Metrics and TensorBoard to a bucket --out; a failure here (the run may already be failing) is a

@@ -1,5 +1,9 @@
 """Metrics of a run: one JSON object per line in metrics.jsonl, the same scalars in TensorBoard.
 
+Settings (the run's config, and constants such as the kNN's k or 1/sqrt(dim)) are not curves: they stay in
+metrics.jsonl and go to TensorBoard once, as hparams beside the final metrics, so runs compare in its HPARAMS
+tab instead of as flat scalar lines.
+
 On resume, records newer than the checkpoint (written after it, before the run died) are dropped from
 metrics.jsonl and TensorBoard's purge_step hides them there, so every step appears once.
 """
@@ -7,14 +11,18 @@ metrics.jsonl and TensorBoard's purge_step hides them there, so every step appea
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
 
 from geo_ssl.pipeline.common import fsio
 
+_log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
+#: Record fields that are settings, not measurements: left out of TensorBoard's scalars.
+SETTINGS_FIELDS = frozenset({"q_std_ref", "k", "t", "bank", "query"})
 
 
 class RunLog:
@@ -38,9 +46,25 @@ class RunLog:
         self._file.flush()
         step = int(record["step"])
         for name, value in record.items():
-            if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+            if name in SETTINGS_FIELDS or name == "step":
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool):
                 if math.isfinite(value):
                     self._tb.add_scalar(f"{group}/{name}", value, step)
+
+    def hparams(self, settings: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's settings as TensorBoard hparams, once, in the run's own event file (add_hparams would
+        open a new, timestamp-named one). METRICS maps scalar tags already logged (e.g. "train/loss") to
+        their final values; TensorBoard shows each tag's last value beside the settings."""
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: _hparam_value(v) for k, v in sorted(settings.items())}
+        try:  # called while the run ends, maybe on an error: never hide the run's own outcome
+            writer = self._tb._get_file_writer()
+            for summary in hparams(clean, {k: float(v) for k, v in metrics.items()}):
+                writer.add_summary(summary)
+        except Exception as exc:
+            _log.warning("TensorBoard hparams not written: %s", exc)
 
     def flush(self) -> None:
         """Everything logged so far on disk (before the run cache is uploaded, run_store.py)."""
@@ -50,6 +74,13 @@ class RunLog:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+def _hparam_value(value: Any) -> bool | int | float | str:
+    """TensorBoard hparams take numbers, booleans and text: anything else (None, lists) as its text."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _read_lines(path: str) -> list[str]:

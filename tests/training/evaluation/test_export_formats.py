@@ -134,7 +134,7 @@ def test_pth_still_works_and_safetensors_is_accepted_as_weights(ckpt, exported, 
     # an exported .safetensors re-exports and loads as --weights (arch and step kept from its metadata)
     resnet, meta = export.load_backbone(str(exported))
     assert meta == {"source": "backbone", "arch": "resnet18", "method": "moco+geo+tp", "step": 2,
-                    "dropped_head_tensors": 0, "file_format": "safetensors"}  # fmt: skip
+                    "image_size": 32, "dropped_head_tensors": 0, "file_format": "safetensors"}  # fmt: skip
     assert torch.equal(resnet.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
     again = tmp_path / "again.pth"
     export.main([str(exported), str(again)])
