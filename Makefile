@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# one torch thread: on 2 cores the demo's small convolutions ran 3x the CPU time with two (BENCHMARKS.md)
 demo: $(STAMP)
-	$(BIN)/python -m geo_ssl.pipeline.demo --out demo-out
+	OMP_NUM_THREADS=1 $(BIN)/python -m geo_ssl.pipeline.demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -43,12 +43,14 @@ from torch import nn
 
 from geo_ssl.pipeline.cluster import cluster
 from geo_ssl.pipeline.common import fsio
+from geo_ssl.pipeline.demo import TOY_CATEGORIES
 from geo_ssl.pipeline.fmow.index import index_fmow
 from geo_ssl.pipeline.fmow.layout import CATEGORIES
 from geo_ssl.pipeline.fmow.synth import synth_fmow
 from geo_ssl.pipeline.shards.options import ShardOptions
 from geo_ssl.pipeline.shards.write import write_shards
-from geo_ssl.training.demo import KNN_K, KNN_T, PROBE, frozen_features, linear_top1
+from geo_ssl.training.demo import KNN_K, KNN_T, PROBE, cpu_has_bf16, frozen_features, linear_top1
+from geo_ssl.training.demo import random_backbone as demo_random_backbone
 from geo_ssl.training.evaluation.export import export_backbone, load_backbone
 from geo_ssl.training.evaluation.linear_probe import assert_unchanged, snapshot
 from geo_ssl.training.models.backbone import FeatureExtractor
@@ -74,11 +76,6 @@ SSL_ARMS = (
 )
 #: Bump when the evaluation changes: cached evaluations (OUT/evals/*.json) of another version are redone.
 EVAL_VERSION = 1
-
-
-#: The toy ablation's classes: ten fMoW categories whose synthetic drawings differ in shape.
-TOY_CATEGORIES = ("airport", "crop_field", "golf_course", "interchange", "parking_lot_or_garage", "solar_farm",
-                  "stadium", "storage_tank", "swimming_pool", "wind_farm")  # fmt: skip
 
 
 def build_data(
@@ -153,18 +150,9 @@ def pretrain_once(cfg: PretrainConfig) -> float:
 
 
 def random_backbone(out: Path, seed: int) -> str:
-    """A seeded random-init ResNet-18 backbone file (seed 0 is geo-eval's `--weights random`)."""
-    import torch
-
-    from geo_ssl.training.models.backbone import build_resnet
-
+    """A seeded random-init ResNet-18 backbone file (seed 0 is geo-eval's `--weights random`); the demo's."""
     path = out / f"random-s{seed}.pth"
-    if not path.exists():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_resnet("resnet18")
-        torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, path)
-    return str(path)
+    return str(path) if path.exists() else demo_random_backbone(str(path), seed)
 
 
 def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespace) -> dict:
@@ -212,15 +200,6 @@ def supervised_backbone(data: str, out: Path, seed: int, args: argparse.Namespac
     result = {"steps": step, "pretrain_s": time.time() - t0, "loss_ce": loss}
     info.write_text(json.dumps(result))
     return result
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 matrix units (AMX or AVX-512 BF16), where bf16 autocast pays (Linux flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
