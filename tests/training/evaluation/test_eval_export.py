@@ -17,9 +17,8 @@ from geo_ssl.training.evaluation.linear_probe import assert_unchanged, linear_pr
 from geo_ssl.training.models.backbone import FeatureExtractor, build_resnet, infer_arch
 from geo_ssl.training.models.moco import MoCo
 from geo_ssl.training.trainer.checkpoint import LAST
-from geo_ssl.training.trainer.config import PretrainConfig
-from geo_ssl.training.trainer.loop import pretrain
 from tests.shard_fixtures import make_train_val_shards
+from tests.training.tiny_run import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,7 @@ def shards(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def run(shards, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    cfg = PretrainConfig(
-        data=shards, out=str(out), arch="resnet18", method="moco+geo+tp", image_size=32, batch_size=4, moco_k=8,
-        epochs=1, epoch_samples=8, num_workers=0, shuffle_buffer=4, n_clusters=3, knn_every=0, lr=0.03,
-    )  # fmt: skip
-    pretrain(cfg)
-    return out
+    return tiny_run(shards, tmp_path_factory.mktemp("run"), method="moco+geo+tp", n_clusters=3)
 
 
 def test_export_loads_into_torchvision_with_only_fc_missing(run, tmp_path):

@@ -14,9 +14,8 @@ import pytest
 from geo_ssl.training.evaluation import export
 from geo_ssl.training.evaluation.cli import DEFAULT_IMAGE_SIZE, input_size
 from geo_ssl.training.trainer.checkpoint import LAST
-from geo_ssl.training.trainer.config import PretrainConfig
-from geo_ssl.training.trainer.loop import pretrain
 from tests.shard_fixtures import make_train_val_shards
+from tests.training.tiny_run import tiny_run
 
 TRAINED = 48  # not the default 224, and not the shards' stored size
 
@@ -28,13 +27,7 @@ def shards(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def run(shards, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    cfg = PretrainConfig(
-        data=shards, out=str(out), arch="resnet18", method="moco", image_size=TRAINED, batch_size=4, moco_k=8,
-        epochs=1, epoch_samples=8, num_workers=0, shuffle_buffer=4, knn_every=0, lr=0.03,
-    )  # fmt: skip
-    pretrain(cfg)
-    return out
+    return tiny_run(shards, tmp_path_factory.mktemp("run"), image_size=TRAINED)
 
 
 def _geo_eval(*args: str) -> subprocess.CompletedProcess:
