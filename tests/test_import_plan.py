@@ -5,7 +5,8 @@ Every `import` / `from ... import` of geo_ssl.* in every .py under pipeline/, tr
 module level or inside a function (a lazy import still runs, so it is still an edge); imports under
 `if TYPE_CHECKING:` are left out (they never run). An import names the deepest module file it reaches
 (`from geo_ssl.pipeline.common import fsio` is an edge to common/fsio.py); a module's parent packages,
-which Python initialises first, are not counted as edges of it.
+which Python initialises first, are not counted as edges of it. `geo_ssl` itself (pipeline/_geo_ssl/) has an
+edge to each module its lazy entry points import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"pipeline": "geo_ssl.pipeline", "training": "geo_ssl.training", "schemas": "geo_ssl.schemas"}
+#: The folder of `geo_ssl` itself (pyproject.toml maps it); its entry points import lazily (PEP 562).
+ROOT_PACKAGE = Path("pipeline", "_geo_ssl")
 #: Rooms of training/ by rank; an import may only run to a lower rank (data and models: to neither).
 RANKS = {"data": 0, "models": 0, "methods": 1, "trainer": 2, "evaluation": 3}
 TOP = 4  # training/__init__.py, training/demo.py
@@ -26,7 +29,10 @@ TRAINING_MAY_IMPORT = ("geo_ssl.pipeline.common", "geo_ssl.schemas")
 
 def _module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
-    parts = [PACKAGES[rel.parts[0]], *rel.parts[1:]]
+    if rel.is_relative_to(ROOT_PACKAGE):
+        parts = ["geo_ssl", *rel.relative_to(ROOT_PACKAGE).parts]
+    else:
+        parts = [PACKAGES[rel.parts[0]], *rel.parts[1:]]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -66,6 +72,14 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[st
         stack.extend(ast.iter_child_nodes(node))
 
 
+def _lazy_modules(tree: ast.Module) -> list[str]:
+    """Modules named in the root's `_ENTRY_POINTS` table: its `__getattr__` imports them on first use."""
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "_ENTRY_POINTS":
+            return list(ast.literal_eval(node.value).values())
+    return []
+
+
 def _resolve(name: str) -> str | None:
     """The deepest module of the package that `name` names (X.func -> X), None outside the package."""
     known = modules()
@@ -83,6 +97,7 @@ def graph() -> dict[str, set[str]]:
     for name, path in modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         targets = {_resolve(n) for n in _imported_names(tree, name, path.name == "__init__.py")}
+        targets |= {_resolve(n) for n in _lazy_modules(tree)}
         edges[name] = {t for t in targets if t and t != name}
     return edges
 
@@ -171,6 +186,8 @@ def test_the_plan_is_measured() -> None:
     assert _room("geo_ssl.training.trainer.loop") == ("trainer", 2)
     assert _room("geo_ssl.training.demo") == ("top", TOP)
     assert _room("geo_ssl.training.models") == ("models", 0)  # a room's own __init__
+    assert "geo_ssl.training.data.loader" in edges["geo_ssl"]  # the root's lazy entry points
+    assert not any("_geo_ssl" in name for name in edges)  # the root is geo_ssl, not a pipeline module
 
 
 def test_no_import_loop_of_files() -> None:

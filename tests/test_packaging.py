@@ -22,10 +22,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-#: source folder -> installed folder, e.g. pipeline -> geo_ssl/pipeline
+#: source folder -> installed folder, e.g. pipeline -> geo_ssl/pipeline, pipeline/_geo_ssl -> geo_ssl
 PACKAGE_DIRS = {
     src: pkg.replace(".", "/") for pkg, src in PYPROJECT["tool"]["setuptools"]["package-dir"].items()
 }
+#: The repository's top-level folders that hold them (pipeline/_geo_ssl lies inside pipeline/).
+TOP_FOLDERS = sorted({src.split("/")[0] for src in PACKAGE_DIRS})
 CLIS = sorted(PYPROJECT["project"]["scripts"])
 USER_MODULE = 'raise ImportError("the user\'s own {name} was imported")\n'
 
@@ -35,6 +37,8 @@ def _shipped_sources() -> list[tuple[str, str]]:
     out = []
     for src, dst in PACKAGE_DIRS.items():
         for path in sorted((REPO / src).rglob("*")):
+            if max((s for s in PACKAGE_DIRS if path.is_relative_to(REPO / s)), key=len) != src:
+                continue  # in a folder mapped to another package (pipeline/_geo_ssl is geo_ssl, not pipeline's)
             rel = path.relative_to(REPO / src)
             if path.is_dir() or "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
                 continue
@@ -53,7 +57,7 @@ def dists(tmp_path_factory) -> dict[str, Path]:
     for name in ("pyproject.toml", "README.md", *PYPROJECT["project"].get("license-files", [])):
         shutil.copy2(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-    for folder in PACKAGE_DIRS:
+    for folder in TOP_FOLDERS:
         shutil.copytree(REPO / folder, src / folder, ignore=ignore)
     out = root / "dist"
     proc = subprocess.run(
@@ -127,8 +131,9 @@ def test_wheel_holds_only_the_geo_ssl_namespace_and_every_source_file(dists):
     version = PYPROJECT["project"]["version"]
     info = f"geo_ssl-{version}.dist-info/"
     assert {n.split("/")[0] for n in names} == {"geo_ssl", info.rstrip("/")}
-    for top in PACKAGE_DIRS:
+    for top in TOP_FOLDERS:
         assert not any(n.startswith(f"{top}/") for n in names), top
+    assert "geo_ssl/__init__.py" in names and not any("_geo_ssl" in n for n in names)
     missing = [src for src, dst in _shipped_sources() if dst not in names]
     assert missing == [], "not in the wheel (add the subpackage to `packages` or the file to package-data)"
     assert "geo_ssl/schemas/SAMPLE_FORMAT.md" in names
@@ -148,7 +153,9 @@ def test_installed_wheel_runs_every_cli_beside_user_modules(venv, dists, user_di
     version = PYPROJECT["project"]["version"]
     bin_dir, python = venv / "bin", str(venv / "bin" / "python")
     probe = (
-        "import importlib.metadata as m, geo_ssl.pipeline as p, geo_ssl.training.evaluation.export as e; "
+        "import importlib.metadata as m, sys, geo_ssl as g; print(g.__file__); print(g.__version__); "
+        "print('torch' in sys.modules); print(g.cluster.__module__); "
+        "import geo_ssl.pipeline as p, geo_ssl.training.evaluation.export as e; "
         "print(p.__file__); print(e.__file__); print(m.version('geo-ssl'))"
     )
     commands = [[str(bin_dir / cli), flag] for cli in CLIS for flag in ("--help", "--version")]
@@ -167,7 +174,10 @@ def test_installed_wheel_runs_every_cli_beside_user_modules(venv, dists, user_di
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True, env=_env(venv),
     ).stdout.strip()  # fmt: skip
-    pipeline_file, export_file, installed_version = _ok(where).split()
+    root_file, root_version, torch_loaded, lazy, *files = _ok(where).split()
+    pipeline_file, export_file, installed_version = files
+    assert root_file == f"{site}/geo_ssl/__init__.py" and root_version == version
+    assert torch_loaded == "False" and lazy == "geo_ssl.pipeline.cluster"  # `import geo_ssl` stays cheap
     assert pipeline_file.startswith(site) and export_file.startswith(
         site
     )  # the wheel's files, not the repo's

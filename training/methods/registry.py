@@ -60,6 +60,7 @@ def load_plugins(modules: str = "") -> None:
 
 
 def method_names() -> tuple[str, ...]:
+    """Every registered method name (built-in and plug-in), in the order they were registered."""
     return tuple(_METHODS)
 
 
@@ -68,6 +69,7 @@ def families() -> tuple[MethodFamily, ...]:
 
 
 def get_method(name: str) -> Method:
+    """The registered method called `name` (e.g. "moco+geo+tp"); GeoSSLError listing the known names else."""
     if name not in _METHODS:
         raise GeoSSLError(
             f"unknown method {name!r}; choose one of {', '.join(_METHODS)} (a plug-in's method needs --plugins)"

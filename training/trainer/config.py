@@ -75,6 +75,9 @@ def _run(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 @dataclass
 class PretrainConfig:
+    """One pretraining run's settings: each field (but the internal ones) is a geo-pretrain flag and a
+    config.toml key, its help text in the field's metadata."""
+
     # data
     data: str = _data(
         "", "shard folder (with manifest.parquet) or brace pattern of .tar shards; local or URL"
