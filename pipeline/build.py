@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.shards.options import ShardOptions
 
+log = get_logger(__name__)
 _TOP_KEYS = {"root", "out", "k", "seed", "kind", "index_workers", "shards"}
 _KINDS = ("rgb", "msrgb")
 #: Type of every [shards] key (ShardOptions checks the ranges): checked before any stage runs.
@@ -263,7 +265,10 @@ def check_same_settings(out: str, mine: dict, rebuild: bool, kept: str = "") -> 
         )
     if differs:
         removed = clear_build(out)
-        print(f"build: --rebuild: removed the build of {what} from {out} ({removed} entries){kept}")
+        log.info(
+            f"build: --rebuild: removed the build of {what} from {out} ({removed} entries){kept}",
+            extra=STDOUT,
+        )
     fsio.atomic_write_text(fsio.join(out, BUILD_RECORD), json.dumps(mine, sort_keys=True) + "\n")
 
 
@@ -303,7 +308,7 @@ def build(config: BuildConfig, rebuild: bool = False) -> dict:
 
 
 def _build(config: BuildConfig) -> dict:
-    """Run stages 4 to 6 and return their summaries; prints one reconciling line per stage."""
+    """Run stages 4 to 6 and return their summaries; logs one reconciling line per stage (to stdout)."""
     from geo_ssl.pipeline.cluster import cluster
     from geo_ssl.pipeline.fmow.index import index_fmow
     from geo_ssl.pipeline.shards.write import write_shards
@@ -311,23 +316,29 @@ def _build(config: BuildConfig) -> dict:
     results: dict = {}
     if _index_complete(config.index_dir):
         summary = json.loads(fsio.read_bytes(fsio.join(config.index_dir, "index_summary.json")))
-        print(f"index-fmow: complete in {config.index_dir}, skipped ({summary.get('written', '?')} images)")
+        log.info(
+            f"index-fmow: complete in {config.index_dir}, skipped ({summary.get('written', '?')} images)",
+            extra=STDOUT,
+        )
         results["index"] = summary
     else:
         s = index_fmow(config.root, config.index_dir, workers=config.index_workers, kind=config.kind)
-        print(s.line())
+        log.info(s.line(), extra=STDOUT)
         results["index"] = s.as_dict()
 
     if _clusters_complete(config.index_dir, config.k, config.seed):
-        print(f"cluster: complete in {config.index_dir} (k={config.k}, seed={config.seed}), skipped")
+        log.info(
+            f"cluster: complete in {config.index_dir} (k={config.k}, seed={config.seed}), skipped",
+            extra=STDOUT,
+        )
         results["cluster"] = json.loads(fsio.read_bytes(fsio.join(config.index_dir, "cluster_stats.json")))
     else:
         stats = cluster(config.index_dir, k=config.k, seed=config.seed)
-        print(stats["line"])
+        log.info(stats["line"], extra=STDOUT)
         results["cluster"] = stats
 
     s = write_shards(config.index_dir, config.out, options=config.shards)
-    print(s.line())
+    log.info(s.line(), extra=STDOUT)
     results["write_shards"] = s.as_dict()
-    print(f"build: shards, manifest.parquet and dataset.json in {config.out}")
+    log.info(f"build: shards, manifest.parquet and dataset.json in {config.out}", extra=STDOUT)
     return results

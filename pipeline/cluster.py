@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +19,7 @@ from geo_ssl.pipeline.common import fsio, tables
 from geo_ssl.pipeline.common import sphere as geo
 from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import get_logger
 from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary
 
@@ -32,10 +32,13 @@ KMEANS_N_INIT = 4
 MINIBATCH_SIZE = 4096
 MINIBATCH_N_INIT = 3
 
+log = get_logger(__name__)
+
 
 def _note(message: str) -> None:
+    """A progress note on stderr, left out like the bars when GEO_SSL_PROGRESS=0 (--quiet, tests)."""
     if os.environ.get("GEO_SSL_PROGRESS", "1") != "0":
-        print(message, file=sys.stderr, flush=True)
+        log.info(message)
 
 
 def _read_locations(url: str) -> dict[str, np.ndarray]:
@@ -192,11 +195,9 @@ def cluster(
     )
 
     if empty:  # not silent even with progress output off: the geo head would have dead classes
-        print(
+        log.warning(
             f"cluster: WARNING: {empty} of {k} clusters got no train location; "
-            f"the data have {n_distinct} distinct train locations, consider a smaller --k",
-            file=sys.stderr,
-            flush=True,
+            f"the data have {n_distinct} distinct train locations, consider a smaller --k"
         )
     with output_lock(out, "cluster"):
         fsio.remove_stale_temps(out)

@@ -13,17 +13,32 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 
+#: "1" shows the progress bars even when stderr is not a terminal, "0" hides them (--quiet sets it, for the
+#: workers too); unset, they show only on a terminal, so logs and pipes get no bar redraws.
+ENV = "GEO_SSL_PROGRESS"
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def bars_enabled() -> bool:
+    """Whether progress bars show: as GEO_SSL_PROGRESS forces, else only when sys.stderr is a terminal."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced in _ON or forced in _OFF:
+        return forced in _ON
+    try:
+        return bool(sys.stderr is not None and sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
 
 def progress(items: Iterable[T], total: int | None, desc: str, unit: str = "it") -> Iterator[T]:
-    """tqdm on stderr; GEO_SSL_PROGRESS=0 silences it (tests, logs)."""
-    disable = os.environ.get("GEO_SSL_PROGRESS", "1") == "0"
+    """tqdm on stderr, shown as `bars_enabled()` says (on a terminal, or forced with GEO_SSL_PROGRESS=1)."""
     yield from tqdm(
         items,
         total=total,
         desc=desc,
         unit=unit,
         file=sys.stderr,
-        disable=disable,
+        disable=not bars_enabled(),
         mininterval=0.5,
         smoothing=0.1,
     )
@@ -77,7 +92,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 
         desc=desc,
         unit=unit,
         file=sys.stderr,
-        disable=os.environ.get("GEO_SSL_PROGRESS", "1") == "0",
+        disable=not bars_enabled(),
         mininterval=0.5,
         smoothing=0.1,
     )

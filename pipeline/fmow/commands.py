@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 
 from geo_ssl.pipeline.common.executor import add_executor_flags
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 
 COMMANDS = ("synth-fmow", "index-fmow")
+log = get_logger(__name__)
 
 
 def add_parsers(sub) -> None:
@@ -41,7 +43,7 @@ def add_parsers(sub) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run one fMoW subcommand; prints its summary line."""
+    """Run one fMoW subcommand; logs its summary line (to stdout)."""
     if args.command == "synth-fmow":
         from geo_ssl.pipeline.fmow.synth import synth_fmow
 
@@ -49,12 +51,12 @@ def run_command(args: argparse.Namespace) -> int:
             args.out, locations=args.locations, seed=args.seed, val_fraction=args.val_fraction,
             realistic_sizes=args.realistic_sizes, workers=args.workers, scene=args.scene,
         )  # fmt: skip
-        print(summary.line())
+        log.info(summary.line(), extra=STDOUT)
     elif args.command == "index-fmow":
         from geo_ssl.pipeline.fmow.index import index_fmow
 
         summary = index_fmow(args.root, args.out, workers=args.workers, kind=args.kind)
-        print(summary.line())
+        log.info(summary.line(), extra=STDOUT)
     return 0
 
 

@@ -24,10 +24,12 @@ from geo_ssl.pipeline.build import (
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.checks import check_seed
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.geoimagenet.harvest import HarvestOptions
 from geo_ssl.pipeline.shards.options import ShardOptions
 
+log = get_logger(__name__)
 #: Type of every top-level config key ([shards] as in the fMoW build); ranges are checked after merging.
 _TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,), "root": (str,), "out": (str,), "k": (int,), "seed": (int,), "urls": (str,),
@@ -139,24 +141,24 @@ def _build(cfg: GeoImageNetBuild) -> dict:
     index_dir = fsio.join(cfg.out, "index")
     results: dict = {}
     s = harvest_flickr(cfg.urls, harvest_dir, cfg.harvest, credentials=cfg.credentials, yfcc=cfg.yfcc)
-    print(s.line())
-    print(status_line(s))
+    log.info(s.line(), extra=STDOUT)
+    log.info(status_line(s), extra=STDOUT)
     results["harvest"] = s.as_dict()
     s = index_imagenet(
         cfg.root, harvest_dir, index_dir, val_fraction=cfg.val_fraction, seed=cfg.seed, words=cfg.words
     )
-    print(s.line())
+    log.info(s.line(), extra=STDOUT)
     results["index"] = s.as_dict()
     stats_url = fsio.join(index_dir, "cluster_stats.json")
     stats = json.loads(fsio.read_bytes(stats_url)) if fsio.exists(stats_url) else {}
     if stats.get("k") == cfg.k and stats.get("seed") == cfg.seed and stats.get("inputs") == s.written:
-        print(f"cluster: complete in {index_dir} (k={cfg.k}, seed={cfg.seed}), skipped")
+        log.info(f"cluster: complete in {index_dir} (k={cfg.k}, seed={cfg.seed}), skipped", extra=STDOUT)
     else:
         stats = cluster(index_dir, k=cfg.k, seed=cfg.seed)
-        print(stats["line"])
+        log.info(stats["line"], extra=STDOUT)
     results["cluster"] = stats
     s = write_shards(index_dir, cfg.out, options=cfg.shards)
-    print(s.line())
+    log.info(s.line(), extra=STDOUT)
     results["write_shards"] = s.as_dict()
-    print(f"build: GeoImageNet shards, manifest.parquet and dataset.json in {cfg.out}")
+    log.info(f"build: GeoImageNet shards, manifest.parquet and dataset.json in {cfg.out}", extra=STDOUT)
     return results

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 
 from geo_ssl.pipeline.common.checks import positive_int_arg, seed_arg
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 
 COMMANDS = ("harvest-flickr", "synth-imagenet", "index-imagenet")
+log = get_logger(__name__)
 #: flickrapi's FlickrAPI.REST_URL (not imported here: building the parser must stay cheap).
 DEFAULT_API_URL = "https://api.flickr.com/services/rest/"
 
@@ -76,12 +77,12 @@ def add_parsers(sub) -> None:
 
 def sigterm_exit(exc: BaseException) -> int:
     """A harvest stopped by SIGTERM after saving its answers: one line on stderr, exit 143 (128 + 15)."""
-    print(f"geo-build-dataset: {exc}", file=sys.stderr)
+    log.error(f"geo-build-dataset: {exc}")
     return 128 + signal.SIGTERM
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run one GeoImageNet subcommand; prints its reconciling summary line(s)."""
+    """Run one GeoImageNet subcommand; logs its reconciling summary line(s) (to stdout)."""
     if args.command == "harvest-flickr":
         from geo_ssl.pipeline.geoimagenet.harvest import (
             HarvestOptions,
@@ -100,20 +101,20 @@ def run_command(args: argparse.Namespace) -> int:
                                      limit=args.limit)  # fmt: skip
         except Terminated as exc:
             return sigterm_exit(exc)
-        print(summary.line())
-        print(status_line(summary))
+        log.info(summary.line(), extra=STDOUT)
+        log.info(status_line(summary), extra=STDOUT)
     elif args.command == "synth-imagenet":
         from geo_ssl.pipeline.geoimagenet.synth import synth_imagenet
 
         res = synth_imagenet(args.out, classes=args.classes, per_class=args.images_per_class, seed=args.seed,
                              words=args.words)  # fmt: skip
-        print(res["line"])
+        log.info(res["line"], extra=STDOUT)
     elif args.command == "index-imagenet":
         from geo_ssl.pipeline.geoimagenet.index import index_imagenet
 
         summary = index_imagenet(args.root, args.harvest, args.out, val_fraction=args.val_fraction,
                                  seed=args.seed, words=args.words)  # fmt: skip
-        print(summary.line())
+        log.info(summary.line(), extra=STDOUT)
     return 0
 
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 from geo_ssl.pipeline.common.outlock import output_lock
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
 from geo_ssl.pipeline.common.retry import fail_if_unreachable, retry_io
@@ -40,6 +41,7 @@ from geo_ssl.pipeline.geoimagenet.store import ResultStore
 from geo_ssl.pipeline.geoimagenet.urls import parse_url_list
 from geo_ssl.pipeline.geoimagenet.yfcc import join_yfcc
 
+log = get_logger(__name__)
 STAGE = "harvest-flickr"
 ENTRIES = "entries.parquet"
 URL_REJECTS = "url_rejects.parquet"
@@ -301,7 +303,7 @@ def _harvest(urls: str, out: str, opts: HarvestOptions, creds: Credentials, yfcc
              limit: int | None) -> Summary:  # fmt: skip
     fsio.remove_stale_temps(out)
     res = prepare_entries(urls, out)
-    print(url_line(res), flush=True)
+    log.info(url_line(res), extra=STDOUT)
     photos = photo_table(out)
     ids = photos.column("photo_id").to_numpy()
     wnids = photos.column("wnid")

@@ -29,7 +29,7 @@ from geo_ssl.pipeline import __version__
 from geo_ssl.pipeline.common import fsio, storage
 from geo_ssl.pipeline.common.cli_args import OneLineParser
 from geo_ssl.pipeline.common.errors import GeoSSLError
-from geo_ssl.pipeline.common.logs import add_verbosity_flags, set_verbosity
+from geo_ssl.pipeline.common.logs import STDOUT, add_verbosity_flags, get_logger, set_verbosity
 from geo_ssl.pipeline.common.progress import Summary
 from geo_ssl.pipeline.common.retry import explain_failure
 from geo_ssl.training.evaluation import model_card
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
     import torchvision
 
+log = get_logger(__name__)
 #: Key prefixes of the query encoder in checkpoints we know, tried in order.
 ENCODER_PREFIXES = (
     "module.encoder_q.",
@@ -315,7 +316,7 @@ def export_backbone(
     _write(paths["json"], (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
     _write(paths["md"], model_card.render(card).encode())
     _write(paths["timm"], (json.dumps(card["timm_config"], indent=1) + "\n").encode())
-    print(summary.line() + f" (head tensors skipped) -> {dst}")
+    log.info(summary.line() + f" (head tensors skipped) -> {dst}", extra=STDOUT)
     return card
 
 
@@ -360,9 +361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"geo-export: error: {storage.redact(explained[0])}", file=sys.stderr)
         sys.exit(explained[1])
-    print(
+    log.info(
         f"{card['arch']} backbone ({card['format']}), sha256 {card['sha256'][:8]}; "
-        f"model card {card_paths(args.out)['md']}"
+        f"model card {card_paths(args.out)['md']}",
+        extra=STDOUT,
     )
 
 

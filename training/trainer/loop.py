@@ -12,10 +12,10 @@ restores the RNG states, so with a deterministic loader the continued run matche
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
-import sys
 import time
 import traceback
 import warnings
@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from geo_ssl.pipeline.common import fsio
 from geo_ssl.pipeline.common.errors import GeoSSLError
+from geo_ssl.pipeline.common.logs import STDOUT, get_logger
 from geo_ssl.pipeline.common.progress import Summary, progress_bar
 from geo_ssl.training.data.gpu_augment import DeviceDataPath, resolve_data_path
 from geo_ssl.training.methods import get_method
@@ -68,6 +69,7 @@ from geo_ssl.training.trainer.run_store import RunStore
 from geo_ssl.training.trainer.schedule import LrFactor
 from geo_ssl.training.trainer.signals import StopSignal, fork_shielded
 
+log = get_logger(__name__)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
 
 
@@ -114,8 +116,9 @@ def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def _say(ctx: DistContext, message: str) -> None:
+    """A note on stderr from rank 0 only; "=> warning: ..." lines at WARNING (--quiet keeps them)."""
     if ctx.is_main:
-        print(message, file=sys.stderr, flush=True)
+        log.log(logging.WARNING if message.startswith("=> warning:") else logging.INFO, message)
 
 
 class Trainer:
@@ -586,12 +589,12 @@ class Trainer:
         }
         if self.ctx.is_main:
             if stopped is not None:
-                print(f"=> stopped by signal {stopped} at step {self.step}; checkpoint {self.ckpt_url}; "
-                      "continue with --resume", file=sys.stderr)  # fmt: skip
+                log.warning(f"=> stopped by signal {stopped} at step {self.step}; checkpoint {self.ckpt_url}; "
+                            "continue with --resume")  # fmt: skip
             if corrupt:
                 first = "; ".join(stats.errors[:3])
-                print(f"=> skipped {corrupt} unreadable samples on rank 0 (first: {first})", file=sys.stderr)
-            print(summary.line())
+                log.warning(f"=> skipped {corrupt} unreadable samples on rank 0 (first: {first})")
+            log.info(summary.line(), extra=STDOUT)
         return result
 
 
