@@ -43,6 +43,7 @@ def geo_logger(monkeypatch) -> Iterator[logging.Logger]:
     saved = (logger.level, logger.propagate, list(logger.handlers))
     monkeypatch.delenv(logs.ENV_LEVEL, raising=False)
     monkeypatch.delenv("GEO_SSL_PROGRESS", raising=False)
+    monkeypatch.setattr(logs, "_propagating", False)
     logger.setLevel(logging.INFO)
     yield logger
     logger.setLevel(saved[0])
@@ -80,6 +81,26 @@ def test_result_lines_on_stdout_silenced_and_routed(geo_logger, tmp_path, capfd,
     assert result.name == "geo_ssl.pipeline.build" and result.levelno == logging.INFO and result.stdout
     note = next(r for r in caplog.records if r.getMessage().startswith("cluster: fitting"))
     assert note.name == "geo_ssl.pipeline.cluster" and not getattr(note, "stdout", False)
+
+
+def test_propagate_holds_for_modules_imported_after_it(tmp_path) -> None:
+    """The usual order in a script: propagate(), configure logging, then use the stages (whose modules
+    import later, e.g. through geo_ssl's lazy names): their records must reach the root's handlers."""
+    script = f"""
+import json, logging, sys
+from pathlib import Path
+from geo_ssl.pipeline.common import logs
+logs.propagate()
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="ROOT %(name)s: %(message)s")
+out = Path({str(tmp_path / "out")!r}); out.mkdir()
+(out / "build.json").write_text(json.dumps({{"source": "fmow", "k": 1}}))
+from geo_ssl.pipeline.build import check_same_settings  # the stage's module imports only now
+check_same_settings(str(out), {{"source": "fmow", "k": 2}}, rebuild=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROOT geo_ssl.pipeline.build: build: --rebuild: removed"), proc.stdout
+    assert proc.stderr == ""
 
 
 def _synth(tmp_path: Path, name: str, progress: str | None, tty: bool = False) -> tuple[str, str]:

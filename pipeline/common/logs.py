@@ -55,9 +55,13 @@ class _Console(logging.StreamHandler):
                 self._to_stdout = False
 
 
+#: Set by propagate(): modules imported later must not put the console handler back.
+_propagating = False
+
+
 def _install() -> logging.Logger:
     logger = logging.getLogger(LOGGER)
-    if not any(isinstance(h, _Console) for h in logger.handlers):
+    if not _propagating and not any(isinstance(h, _Console) for h in logger.handlers):
         logger.addHandler(_Console())
         logger.propagate = False
         if logger.level == logging.NOTSET:
@@ -74,6 +78,8 @@ def get_logger(name: str) -> logging.Logger:
 
 def propagate() -> None:
     """Send geo-ssl's records to the root logger's handlers instead of geo-ssl's own stdout/stderr handler."""
+    global _propagating
+    _propagating = True
     logger = logging.getLogger(LOGGER)
     for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
         logger.removeHandler(handler)
