@@ -357,6 +357,10 @@ def _yfcc_step(yfcc: str, out: str, store: ResultStore, ids: np.ndarray, wnids,
 
 
 def _call_api(creds, opts: HarvestOptions, store: ResultStore, ids, wnids, todo: np.ndarray):
+    """Ask the API for the photos at `todo`; with none left (a finished harvest, or the YFCC join located
+    them all) nothing is started and the API is not contacted, so a rerun completes while Flickr is down."""
+    if len(todo) == 0:
+        return Counter(), 0, 0, 0.0
     fail_if_unreachable(opts.api_url, "Flickr API", "--api-url")  # a dead address: one line, no retries
     counts: Counter = Counter()
     failed = 0
