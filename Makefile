@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
 
-.PHONY: demo test bench bench-peers lint ablation clean
+.PHONY: venv demo test docs bench bench-peers lint ablation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,12 +17,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# the venv alone (what `make test` and `make demo` create first)
+venv: $(STAMP)
+
 # one torch thread: on 2 cores the demo's small convolutions ran 3x the CPU time with two (BENCHMARKS.md)
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m geo_ssl.pipeline.demo --out demo-out
 
+# the suite without the docs pages (make docs runs those)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not docs" tests
+
+# every shell and Python block of README.md and of the docs pages, run as written in nav order with their
+# shown output compared (tests/docs), then the site (mkdocs.yml, docs/) into site/ with --strict: a broken
+# link or anchor fails the build
+docs: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m docs tests/docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run_all --out bench-out
@@ -44,4 +55,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline training schemas tests
 
 clean:
-	rm -rf demo-out bench-out .pytest_cache
+	rm -rf demo-out bench-out site .pytest_cache

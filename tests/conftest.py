@@ -15,7 +15,8 @@ SHARED = REPO.parent / "shared"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "docs: runs the blocks of README.md and the docs pages (tests/docs; run alone with -m docs)"
+        "markers",
+        "docs: runs the blocks of README.md and the docs pages (tests/docs; run alone with -m docs)",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from geo_ssl.pipeline.demo import DEMO_STAMP, _drop_outdated
 from geo_ssl.pipeline.fmow.synth import STAMP
@@ -77,3 +78,32 @@ def test_a_demo_folder_with_other_settings_starts_afresh_and_a_foreign_one_is_ke
     (mine / "notes").mkdir(parents=True)
     _drop_outdated(str(mine), {"locations": 800, "k": 8, "seed": 0, "steps": None})
     assert (mine / "notes").is_dir()  # not a demo folder: nothing removed
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_FIGURE = re.compile(
+    r"== Evidence: kNN top-1 \(k=(\d+)\) on frozen features, (\d+) val images of (\d+) categories, (\d+) train"
+)
+
+
+def test_readme_shows_the_closing_lines_as_printed(tmp_path):
+    """README.md's `make demo` block must be what closing_lines prints for the figures it shows: same
+    wording, alignment and claims (the docs runner skips that block, since it is the demo itself)."""
+    text = README.read_text()
+    block = text[text.index("```text\nDone in") :].split("```", 2)[1].splitlines()
+    shown = block[block.index(next(line for line in block if line.startswith("== Evidence"))) :]
+    k, n_val, n_classes, n_train = map(int, README_FIGURE.match(shown[0]).groups())
+    figures = {m[1]: float(m[2]) for line in shown if (m := FIGURE.match(line))}
+    seed = int(re.search(r"seed (\d+)\)", shown[1])[1])
+    steps = int(re.search(r"(\d+) steps", shown[1])[1])
+    ev = {
+        "method": "moco+tp",
+        "steps": steps,
+        "seed": seed,
+        "knn": {"k": k},
+        "pretrained": {"knn_top1": figures["trained encoder"], "n_val": n_val, "n_classes": n_classes,
+                       "n_train": n_train},
+        "random_init": {"knn_top1": figures["random init"]},
+    }  # fmt: skip
+    (tmp_path / EVAL_FILE).write_text(json.dumps(ev))
+    assert shown == closing_lines(str(tmp_path / EVAL_FILE))

@@ -53,7 +53,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def add_storage_flags(parser: argparse.ArgumentParser) -> None:
     """The storage flags of every command (default None: only flags given override the environment)."""
-    g = parser.add_argument_group("object storage (also env GEO_SSL_STORAGE_*; see README 'Storage options')")
+    g = parser.add_argument_group("object storage (also env GEO_SSL_STORAGE_*; see docs/storage.md)")
     g.add_argument("--storage-endpoint", default=None, metavar="URL",
                    help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO, Ceph, R2)")  # fmt: skip
     g.add_argument("--storage-profile", default=None, metavar="NAME",

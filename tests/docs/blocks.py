@@ -18,7 +18,7 @@ DEFAULT_TIMEOUT_S = 300.0
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _ANNOTATION = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<body>.*?)\s*-->\s*$")
 _ATTR = re.compile(r'(\w+)="([^"]*)"')
-_EXIT = re.compile(r"\s#\s*exit\s+(\d+)\s*$")
+_EXIT = re.compile(r"\s#\s*exit\s+(\d+)\b(?::[^#]*)?$")  # "# exit 2" or "# exit 2: why"
 _HEREDOC = re.compile(r"(?<!<)<<(?!<)(-?)\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
 
 

@@ -43,6 +43,7 @@ def _doctest(source: str, filename: str, lineno: int, namespace: dict, checking)
     test = doctest.DocTestParser().get_doctest(
         source, namespace, f"{filename}:{lineno}", filename, lineno - 1
     )
+    test.globs = namespace  # DocTest copies globs: names a pycon block defines must reach the next block
     runner = doctest.DocTestRunner(checker=checking.MaskingChecker(), optionflags=checking.FLAGS)
     report: list[str] = []
     result = runner.run(test, out=report.append, clear_globs=False)

@@ -107,7 +107,11 @@ def test_wrong_shown_output_fails_with_a_diff(tmp_path):
 
 
 def test_exit_annotation_is_honoured_both_ways(tmp_path):
-    ok = page(tmp_path, "'''console\n$ false   # exit 1\n$ (exit 3)  # exit 3\n'''\n", "ok.md")
+    ok = page(
+        tmp_path,
+        "'''console\n$ false   # exit 1\n$ (exit 3)  # exit 3\n$ (exit 2)  # exit 2: a reason\n'''\n",
+        "ok.md",
+    )
     assert run(ok, tmp_path / "ws").ok
 
     unannotated = page(tmp_path, "'''console\n$ false\n'''\n", "unannotated.md")
@@ -301,6 +305,12 @@ def test_pycon_output_is_compared(tmp_path):
     path = page(tmp_path, "'''pycon\n>>> x = 20\n>>> x * 2\n41\n'''\n")
     report = run(path, tmp_path / "ws").report()
     assert 'page.md", line 3' in report and "Expected:\n    41\nGot:\n    40" in report, report
+
+
+def test_pycon_blocks_share_the_pages_namespace(tmp_path):
+    path = page(tmp_path, "'''pycon\n>>> x = 20\n'''\n\n'''pycon\n>>> x + 1\n21\n'''\n")
+    result = run(path, tmp_path / "ws")
+    assert result.ok, result.report()
 
 
 def test_python_exception_fails_with_a_traceback_in_page_lines(tmp_path):
