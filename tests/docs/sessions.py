@@ -43,7 +43,11 @@ class Outcome:
 
 def session_env(workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every session starts from: the venv's bin first on PATH, HOME inside the workspace."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # help text wraps at 80
+    # A reader's shell: help text wraps at 80, and no geo-ssl setting of the caller's (the suite's conftest
+    # sets GEO_SSL_PROGRESS=0, which also hides progress notes the pages show)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") and not k.startswith("GEO_SSL_")
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HOME"] = str(workspace / ".home")
     env["MPLBACKEND"] = "Agg"

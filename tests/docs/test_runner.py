@@ -452,3 +452,16 @@ def test_cli_prints_one_line_per_block_and_exits_1_on_failure(tmp_path):
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "bad.md" not in again.stdout and "1 of 1 pages run, 0 failed (from page 2)" in again.stdout
+
+
+def test_sessions_start_without_the_callers_geo_ssl_settings(tmp_path, monkeypatch):
+    """Under pytest the suite's conftest sets GEO_SSL_PROGRESS=0, which hides notes the pages show: a page
+    must see a reader's shell, not the suite's settings."""
+    monkeypatch.setenv("GEO_SSL_PROGRESS", "0")
+    monkeypatch.setenv("GEO_SSL_STORAGE_ENDPOINT", "http://127.0.0.1:1")
+    path = page(
+        tmp_path,
+        "'''console\n$ echo ${GEO_SSL_PROGRESS:-unset} ${GEO_SSL_STORAGE_ENDPOINT:-unset}\nunset unset\n'''\n",
+    )
+    result = run(path, tmp_path / "ws")
+    assert result.ok, result.report()
