@@ -8,7 +8,8 @@ for it, and exit with `EXIT_STORAGE` so that a rerun of the same command complet
 
 Errors that retrying cannot fix pass through unchanged: a missing file, a folder where a file was
 expected, a refused permission, a full disk (those are data or user errors the caller already handles).
-Missing or rejected credentials become a `StorageError` at once, with exit code 2 (a setup mistake).
+Missing or rejected credentials, and a credentials profile that does not exist (botocore's
+ProfileNotFound), become a `StorageError` at once, with exit code 2 (a setup mistake).
 
 One classifier (`is_transient`) and one policy type (`RetryPolicy`) serve every retrying path: whole
 reads and writes here (`retry_io`), seekable readers (`RetryingReader`), the loader's shard streams and
@@ -30,6 +31,7 @@ from typing import TypeVar
 
 from geo_ssl.pipeline.common.errors import GeoSSLError
 from geo_ssl.pipeline.common.reach import never_answered, probe
+from geo_ssl.pipeline.common.storage import ENV_PROFILE
 
 T = TypeVar("T")
 
@@ -49,6 +51,8 @@ _CREDENTIAL_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "Credenti
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 #: A storage client refusing its own settings (no region, a malformed parameter): no retry fixes those.
 _SETUP_ERRORS = {"NoRegionError", "ParamValidationError"}
+#: A credentials profile named but found in no file (botocore raises it on first use of the client).
+_PROFILE_ERRORS = {"ProfileNotFound"}
 _TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "fsspec", "s3fs", "gcsfs")
 
 
@@ -84,16 +88,49 @@ def credentials_problem(exc: BaseException) -> bool:
     return False
 
 
+def missing_profile(exc: BaseException) -> str | None:
+    """The name of the credentials profile the exception (or its cause) says does not exist, else None."""
+    for e in _chain(exc):
+        if type(e).__name__ in _PROFILE_ERRORS:
+            kwargs = getattr(e, "kwargs", None)
+            name = kwargs.get("profile") if isinstance(kwargs, dict) else None
+            return str(name) if name else "(unnamed)"
+    return None
+
+
+def profile_advice(name: str) -> str:
+    """One line for a profile found in no file: which setting named it, which files were read, what to do.
+    No "rerun when storage is back": nothing is down, the setting is wrong."""
+    if os.environ.get(ENV_PROFILE) == name:
+        setting = f"--storage-profile {name}"
+    elif os.environ.get("AWS_PROFILE") == name:
+        setting = f"AWS_PROFILE={name}"
+    else:
+        setting = f"storage profile {name!r}"
+    files = " or ".join(
+        f"{os.environ[var]} ({var})" if os.environ.get(var) else default
+        for var, default in (("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+                             ("AWS_CONFIG_FILE", "~/.aws/config"))
+    )  # fmt: skip
+    return (
+        f"{setting}: no such profile in {files}; add it there, name a profile that exists, or point "
+        "AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE at the files that have it"
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Would trying again plausibly succeed? The one verdict of every retrying path.
 
     Yes: outages, throttling, timeouts, dropped connections (ConnectionError, TimeoutError, any error
     of a storage client library), an OSError with an errno (EIO; s3fs gives 503 EBUSY, 500 EREMOTEIO).
-    No: missing files, refused permissions, a full disk or quota, credentials or client settings, our
+    No: missing files, refused permissions, a full disk or quota, credentials, a credentials profile
+    that does not exist (ProfileNotFound is a botocore error, yet no retry finds it) or client settings, our
     own errors, and an OSError without errno -- that is what pyarrow and Pillow raise for bad bytes,
     while storage clients raise their own types or an errno -- unless it was raised from a transient
     error (an I/O layer wrapping a dropped connection)."""
     if isinstance(exc, (StorageError, GeoSSLError, MemoryError, *_PERMANENT)) or credentials_problem(exc):
+        return False
+    if missing_profile(exc) is not None:
         return False
     if type(exc).__name__ in _SETUP_ERRORS:
         return False
@@ -177,6 +214,9 @@ def retry_io(fn: Callable[[], T], what: str, policy: RetryPolicy | None = None) 
                     "set them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and rerun",
                     EXIT_USAGE,
                 ) from exc
+            profile = missing_profile(exc)
+            if profile is not None:
+                raise StorageError(profile_advice(profile), EXIT_USAGE) from exc
             if not is_transient(exc):
                 raise
             failures += 1
@@ -271,11 +311,11 @@ def explain_failure(exc: BaseException) -> tuple[str, int] | None:
     """(one line, exit code) for an error a command line should report without a traceback, else None.
 
     Storage that kept failing: exit 3 (nothing recorded for the failed units; rerun). Missing or refused
-    credentials, and local paths that cannot be used (a file where a folder is needed, no permission,
-    disk full): exit 2."""
+    credentials, a credentials profile that does not exist, and local paths that cannot be used (a file
+    where a folder is needed, no permission, disk full): exit 2."""
     if isinstance(exc, StorageError):
         text = str(exc)
-        if "rerun" not in text:
+        if exc.exit_code == EXIT_STORAGE and "rerun" not in text:
             text += "; rerun the same command to resume"
         return text, exc.exit_code
     if any(type(e).__name__ in _SETUP_ERRORS for e in _chain(exc)):
@@ -284,6 +324,9 @@ def explain_failure(exc: BaseException) -> tuple[str, int] | None:
             "--storage-options",
             EXIT_USAGE,
         )
+    profile = missing_profile(exc)
+    if profile is not None:
+        return profile_advice(profile), EXIT_USAGE
     if credentials_problem(exc):
         return (
             f"object storage: no usable credentials ({describe(exc)}); set AWS_ACCESS_KEY_ID and "

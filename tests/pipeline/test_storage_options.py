@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import fsspec.config
 import pytest
@@ -16,6 +20,7 @@ from tests.s3_support import bucket_fs, free_port, plain_moto
 from tests.shard_fixtures import make_tiny_shards
 
 BUCKET = "geo-ssl-storage-opts"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +159,52 @@ def test_anon_and_profile_replace_missing_credentials(server, capsys, monkeypatc
     assert code == 1 and "6 samples" in out, out + err
     code, out, err = _run([*base, "--no-storage-anon", "--storage-profile", "geo"], capsys)
     assert code == 1 and "6 samples" in out, out + err
+
+
+def _with_missing_profile(server, module: str, *argv: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The real CLI (`python -m module argv`) against the server with GEO_SSL_STORAGE_PROFILE=nosuch, whose
+    only credentials file has [geo]; each retry would first wait >= 45 s (GEO_SSL_IO_BACKOFF=60)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "GEO_SSL_STORAGE_"))}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=server["creds"], AWS_CONFIG_FILE=os.devnull, AWS_MAX_ATTEMPTS="1",
+        AWS_EC2_METADATA_DISABLED="true", GEO_SSL_STORAGE_ENDPOINT=server["endpoint"],
+        GEO_SSL_STORAGE_PROFILE="nosuch", GEO_SSL_IO_ATTEMPTS="2", GEO_SSL_IO_BACKOFF="60",
+        GEO_SSL_PROGRESS="0", OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    return proc, time.monotonic() - started
+
+
+def _assert_setup_mistake(proc: subprocess.CompletedProcess, took: float, prog: str, creds: str) -> None:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err and err.startswith(f"{prog}: error: "), (
+        took,
+        err[-3000:],
+    )
+    assert "nosuch" in err and "no such profile" in err and creds in err, err  # the name and where it looked
+    assert "rerun" not in err and "unreachable" not in err, err  # a setup mistake, not an outage
+    assert took < 30, took  # not retried: one retry alone would have waited 45 s or more
+
+
+def test_missing_profile_is_a_setup_mistake_not_an_outage(server):
+    """Was exit 3 "storage unreachable ... rerun when it is back", after retries on the paths that retry."""
+    url = f"s3://{BUCKET}/shards"
+    proc, took = _with_missing_profile(server, "geo_ssl.pipeline.cli", "validate", url, "--workers", "1")
+    _assert_setup_mistake(proc, took, "geo-build-dataset", server["creds"])
+    # geo-export reads through retry_io: the same line, no backoff
+    out = str(Path(server["creds"]).parent / "w.safetensors")
+    proc, took = _with_missing_profile(server, "geo_ssl.training.evaluation.export", f"{url}/ck.pth", out)
+    _assert_setup_mistake(proc, took, "geo-export", server["creds"])
+
+
+def test_missing_profile_stops_geo_pretrain_at_once(server, tmp_path):
+    """geo-pretrain lists --data through retry_io before training: same verdict as the pipeline's."""
+    data = f"s3://{BUCKET}/shards"
+    proc, took = _with_missing_profile(
+        server, "geo_ssl.training.trainer.cli", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1",
+        "--num-workers", "0",
+    )  # fmt: skip
+    _assert_setup_mistake(proc, took, "geo-pretrain", server["creds"])
